@@ -1,0 +1,170 @@
+"""Anny (NAVER, Apache-2.0, CC0 MakeHuman assets) behind the :class:`BodyModel` interface.
+
+Anny is Z-up, faces -Y and rests in an A-pose; SMPL-X is Y-up, faces +Z and rests in a T-pose.
+Each Anny bone is driven by one SMPL-X joint. With ``A_c`` the rotation that takes Anny bone ``c``
+from its A-pose rest to the T-pose, the SMPL-X global rotation ``G`` of a joint maps to the Anny
+global rotation ``G A_c``, so the local (world-aligned, Anny's ``local-ref``) delta of bone ``c``
+under parent ``p`` is ``A_p^T r A_c`` with ``r`` the SMPL-X local rotation of the joint that starts
+at ``c`` (identity for twist bones that continue their parent's segment).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from avatar_ops.body.base import KEYPOINT_NAMES, SMPLX_JOINT_NAMES, SMPLX_PARENTS, BodyModel, BodyOutput
+from avatar_ops.body.rotations import axis_angle_to_matrix, rotation_between
+
+# Anny frame -> SMPL-X frame: (x, y, z) -> (x, z, -y).
+ANNY_TO_SMPLX = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+
+_FINGERS = {"1": "thumb", "2": "index", "3": "middle", "4": "ring", "5": "pinky"}
+_SIDES = {"L": "left", "R": "right"}
+
+
+def _smplx_joint_of(bone: str) -> str:
+    """The SMPL-X joint whose rotation drives an Anny bone."""
+    name, _, side_key = bone.partition(".")
+    side = _SIDES.get(side_key, "")
+    fixed = {
+        "root": "pelvis", "pelvis": "pelvis", "spine05": "spine1", "spine04": "spine1",
+        "spine03": "spine2", "spine02": "spine3", "spine01": "spine3", "neck01": "neck",
+        "neck02": "neck", "neck03": "neck", "head": "head",
+    }  # fmt: skip
+    if name in fixed:
+        return fixed[name]
+    per_side = {
+        "upperleg01": "hip", "upperleg02": "hip", "lowerleg01": "knee", "lowerleg02": "knee",
+        "foot": "ankle", "clavicle": "collar", "shoulder01": "collar", "upperarm01": "shoulder",
+        "upperarm02": "shoulder", "lowerarm01": "elbow", "lowerarm02": "elbow", "wrist": "wrist",
+        "eye": "eye",
+    }  # fmt: skip
+    if name in per_side:
+        return f"{side}_{per_side[name]}"
+    if name.startswith("toe"):
+        return f"{side}_foot"
+    if name.startswith("metacarpal"):
+        return f"{side}_wrist"
+    if name.startswith("finger"):
+        finger, segment = name[len("finger") :].split("-")
+        return f"{side}_{_FINGERS[finger]}{segment}"
+    raise ValueError(f"Anny bone {bone!r} has no SMPL-X counterpart.")
+
+
+def build_anny(cache_dir: str | None = None, device: str | torch.device = "cpu"):
+    """Build (or load from ``ANNY_CACHE_DIR``) the default Anny model in float32."""
+    if cache_dir is not None:
+        os.environ.setdefault("ANNY_CACHE_DIR", str(cache_dir))
+    import anny  # deferred: importing anny initialises warp
+
+    model = anny.Anny().float().to(device)
+    regressor = anny.KeypointsRegressor.coco(model).to(device)
+    if tuple(regressor.labels) != KEYPOINT_NAMES:
+        raise RuntimeError(f"Anny's COCO keypoints changed order: {regressor.labels}")
+    return model, regressor
+
+
+class AnnyBody(BodyModel):
+    """Anny driven by SMPL-X poses. Shape: Anny's 6 phenotypes in [0, 1]."""
+
+    name = "anny"
+
+    def __init__(self, model, keypoint_regressor) -> None:
+        super().__init__()
+        self.model = model
+        self.keypoint_regressor = keypoint_regressor
+        self.joint_names = list(model.bone_labels)
+        self.shape_names = list(model.phenotype_labels)
+        self.num_shape_params = len(self.shape_names)
+        dtype = model.template_vertices.dtype
+        device = model.template_vertices.device
+        self.register_buffer("_faces", model.get_triangular_faces().long().to(device), persistent=False)
+        weights = torch.zeros(model.template_vertices.shape[0], len(self.joint_names), dtype=dtype, device=device)
+        weights.scatter_add_(1, model.vertex_bone_indices.long(), model.vertex_bone_weights.to(dtype))
+        self.register_buffer("_skinning_weights", weights, persistent=False)
+        self.register_buffer("m", ANNY_TO_SMPLX.to(device=device, dtype=dtype), persistent=False)
+
+        bone_to_joint = [SMPLX_JOINT_NAMES.index(_smplx_joint_of(b)) for b in self.joint_names]
+        parents = list(model.bone_parents)
+        drives = []
+        for c, j in enumerate(bone_to_joint):
+            jp = bone_to_joint[parents[c]] if c > 0 else -1
+            if c > 0 and j != jp and SMPLX_PARENTS[j] != jp:
+                raise RuntimeError(f"Anny bone {self.joint_names[c]} skips SMPL-X joints between {jp} and {j}.")
+            drives.append(c > 0 and j != jp)
+        self.register_buffer("bone_to_joint", torch.tensor(bone_to_joint, device=device), persistent=False)
+        self.register_buffer("bone_drives", torch.tensor(drives, device=device), persistent=False)
+        self.register_buffer("bone_parents", torch.tensor([max(p, 0) for p in parents], device=device), persistent=False)
+        self.register_buffer("rest_correction", self._rest_corrections(), persistent=False)
+
+    @torch.no_grad()
+    def _rest_corrections(self) -> Tensor:
+        """[J, 3, 3] rotations taking each Anny bone from the A-pose rest to the SMPL-X T-pose."""
+        identity = torch.eye(4, dtype=self.m.dtype, device=self.m.device).expand(1, len(self.joint_names), 4, 4)
+        out = self.model(identity, self.default_shape()[None])
+        heads = out["bone_poses"][0, :, :3, 3] @ self.m.T
+        names = self.joint_names
+        corr = torch.eye(3, dtype=self.m.dtype, device=self.m.device).repeat(len(names), 1, 1)
+        for side, sign in (("L", 1.0), ("R", -1.0)):
+            lateral = torch.tensor([sign, 0.0, 0.0], dtype=self.m.dtype, device=self.m.device)
+            for start, end in (("upperarm01", "lowerarm01"), ("lowerarm01", "wrist")):
+                i, k = names.index(f"{start}.{side}"), names.index(f"{end}.{side}")
+                corr[i] = rotation_between(heads[k] - heads[i], lateral)
+        # Bones below a corrected arm bone inherit its correction (twist bones, hand, fingers);
+        # bones are stored parents first.
+        explicit = {"upperarm01", "lowerarm01"}
+        identity = torch.eye(3, dtype=corr.dtype, device=corr.device)
+        for c in range(1, len(names)):
+            parent = self.model.bone_parents[c]
+            if names[c].split(".")[0] not in explicit and not torch.equal(corr[parent], identity):
+                corr[c] = corr[parent]
+        return corr
+
+    def default_shape(self) -> Tensor:
+        return torch.full((self.num_shape_params,), 0.5, dtype=self.m.dtype, device=self.m.device)
+
+    def shape_from_latent(self, latent: Tensor) -> Tensor:
+        return 0.5 + 0.5 * torch.tanh(latent)
+
+    def latent_from_shape(self, shape: Tensor) -> Tensor:
+        return torch.atanh((2 * shape - 1).clamp(-0.999, 0.999))
+
+    def local_deltas(self, pose: Tensor) -> Tensor:
+        """[B, 55, 3] SMPL-X pose -> [B, J, 4, 4] Anny ``local-ref`` deltas (global orient excluded)."""
+        batch = pose.shape[0]
+        rot = axis_angle_to_matrix(pose)  # [B, 55, 3, 3]
+        rel = rot[:, self.bone_to_joint]  # [B, J, 3, 3]
+        eye = torch.eye(3, dtype=pose.dtype, device=pose.device)
+        rel = torch.where(self.bone_drives[None, :, None, None], rel, eye)
+        a_c = self.rest_correction
+        a_p = self.rest_correction[self.bone_parents]
+        delta = a_p.transpose(-1, -2) @ rel @ a_c
+        delta[:, 0] = eye  # the root: the global orientation is applied in the SMPL-X frame
+        delta = self.m.T @ delta @ self.m  # into Anny's axes
+        out = torch.zeros(batch, delta.shape[1], 4, 4, dtype=pose.dtype, device=pose.device)
+        out[..., :3, :3] = delta
+        out[..., 3, 3] = 1
+        return out
+
+    def forward(self, shape: Tensor, pose: Tensor, transl: Tensor | None = None) -> BodyOutput:
+        self.check_inputs(shape, pose, transl)
+        out = self.model(self.local_deltas(pose), shape)
+        global_rot = axis_angle_to_matrix(pose[:, 0])  # [B, 3, 3]
+        to_world = global_rot @ self.m  # [B, 3, 3] Anny axes -> posed SMPL-X frame
+        t = torch.zeros_like(pose[:, 0]) if transl is None else transl
+        vertices = out["vertices"] @ to_world.transpose(1, 2) + t[:, None]
+        joints = out["bone_poses"][..., :3, 3] @ to_world.transpose(1, 2) + t[:, None]
+        keypoints = self.keypoint_regressor({"vertices": vertices})
+        # T_world = [G M | t] T_anny [M^T | 0]
+        transforms = out["bone_poses"] @ torch.linalg.inv(out["rest_bone_poses"])
+        lin = to_world[:, None] @ transforms[..., :3, :3] @ self.m.T
+        trans = (to_world[:, None] @ transforms[..., :3, 3:])[..., 0] + t[:, None]
+        joint_transforms = torch.zeros_like(transforms)
+        joint_transforms[..., :3, :3] = lin
+        joint_transforms[..., :3, 3] = trans
+        joint_transforms[..., 3, 3] = 1
+        rest = out["rest_vertices"].expand(pose.shape[0], -1, -1) @ self.m.T
+        return BodyOutput(vertices=vertices, joints=joints, keypoints=keypoints, joint_transforms=joint_transforms, rest_vertices=rest)

@@ -1,0 +1,128 @@
+"""The body-model interface every backend implements, and the SMPL-X conventions it speaks.
+
+Pose always arrives in SMPL-X convention: 55 axis-angle rotations (global orient, 21 body joints,
+jaw, two eyes, 15 + 15 hand joints), each a local rotation about its joint in world-aligned axes
+of the T-pose, so the same motion clip drives every backend. Coordinates: metres, y up, the body
+facing +z, the subject's left at +x (SMPL-X's canonical frame).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+
+SMPLX_JOINT_NAMES: tuple[str, ...] = (
+    "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2",
+    "left_ankle", "right_ankle", "spine3", "left_foot", "right_foot", "neck", "left_collar",
+    "right_collar", "head", "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
+    "left_wrist", "right_wrist", "jaw", "left_eye", "right_eye",
+    "left_index1", "left_index2", "left_index3", "left_middle1", "left_middle2", "left_middle3",
+    "left_pinky1", "left_pinky2", "left_pinky3", "left_ring1", "left_ring2", "left_ring3",
+    "left_thumb1", "left_thumb2", "left_thumb3",
+    "right_index1", "right_index2", "right_index3", "right_middle1", "right_middle2", "right_middle3",
+    "right_pinky1", "right_pinky2", "right_pinky3", "right_ring1", "right_ring2", "right_ring3",
+    "right_thumb1", "right_thumb2", "right_thumb3",
+)  # fmt: skip
+SMPLX_PARENTS: tuple[int, ...] = (
+    -1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 15, 15, 15,
+    20, 25, 26, 20, 28, 29, 20, 31, 32, 20, 34, 35, 20, 37, 38,
+    21, 40, 41, 21, 43, 44, 21, 46, 47, 21, 49, 50, 21, 52, 53,
+)  # fmt: skip
+NUM_POSE_JOINTS = 55
+NUM_BODY_JOINTS = 21  # body_pose, without the global orientation
+
+# 2D/3D keypoints every backend regresses: COCO-17 then six foot points (COCO-WholeBody order).
+KEYPOINT_NAMES: tuple[str, ...] = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+    "left_big_toe", "right_big_toe", "left_small_toe", "right_small_toe", "left_heel", "right_heel",
+)  # fmt: skip
+NUM_KEYPOINTS = len(KEYPOINT_NAMES)
+
+
+@dataclasses.dataclass
+class BodyOutput:
+    """A batched forward pass of a body model (SMPL-X frame, metres).
+
+    Attributes:
+        vertices: [B, V, 3] posed vertices.
+        joints: [B, J, 3] posed joint (bone head) positions of the backend's own skeleton.
+        keypoints: [B, K, 3] the :data:`KEYPOINT_NAMES` keypoints.
+        joint_transforms: [B, J, 4, 4] rest-to-posed rigid transforms for linear blend skinning.
+        rest_vertices: [B, V, 3] vertices of the shaped body in its rest pose.
+    """
+
+    vertices: Tensor
+    joints: Tensor
+    keypoints: Tensor
+    joint_transforms: Tensor
+    rest_vertices: Tensor
+
+
+class BodyModel(nn.Module, abc.ABC):
+    """A parametric body driven by shape parameters and an SMPL-X pose.
+
+    Subclasses set ``name``, ``faces`` [F, 3] (long), ``skinning_weights`` [V, J],
+    ``joint_names`` and ``num_shape_params``.
+    """
+
+    name: str
+    joint_names: list[str]
+    num_shape_params: int
+
+    @property
+    def faces(self) -> Tensor:
+        return self._faces
+
+    @property
+    def skinning_weights(self) -> Tensor:
+        return self._skinning_weights
+
+    @property
+    def num_vertices(self) -> int:
+        return int(self._skinning_weights.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self._faces.device
+
+    @abc.abstractmethod
+    def default_shape(self) -> Tensor:
+        """[S] the mean shape."""
+
+    @abc.abstractmethod
+    def shape_from_latent(self, latent: Tensor) -> Tensor:
+        """Map an unconstrained optimisation variable [B, S] to valid shape parameters [B, S]."""
+
+    @abc.abstractmethod
+    def latent_from_shape(self, shape: Tensor) -> Tensor:
+        """Inverse of :meth:`shape_from_latent`."""
+
+    @abc.abstractmethod
+    def forward(self, shape: Tensor, pose: Tensor, transl: Tensor | None = None) -> BodyOutput:
+        """Pose and shape the body.
+
+        Args:
+            shape: [B, S] shape parameters (``num_shape_params``).
+            pose: [B, 55, 3] SMPL-X axis-angle pose; index 0 is the global orientation.
+            transl: [B, 3] translation, zero when None.
+        """
+
+    def check_inputs(self, shape: Tensor, pose: Tensor, transl: Tensor | None) -> None:
+        if shape.ndim != 2 or shape.shape[1] != self.num_shape_params:
+            raise ValueError(f"`shape` must be [B, {self.num_shape_params}] for {self.name}, got {tuple(shape.shape)}.")
+        if pose.ndim != 3 or pose.shape[1:] != (NUM_POSE_JOINTS, 3):
+            raise ValueError(f"`pose` must be [B, {NUM_POSE_JOINTS}, 3] (SMPL-X axis-angle), got {tuple(pose.shape)}.")
+        if pose.shape[0] != shape.shape[0]:
+            raise ValueError(f"`pose` and `shape` batch sizes differ: {pose.shape[0]} vs {shape.shape[0]}.")
+        if transl is not None and tuple(transl.shape) != (shape.shape[0], 3):
+            raise ValueError(f"`transl` must be [B, 3] = [{shape.shape[0]}, 3], got {tuple(transl.shape)}.")
+
+
+def zero_pose(batch_size: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+    """[B, 55, 3] the SMPL-X zero pose (T-pose)."""
+    return torch.zeros(batch_size, NUM_POSE_JOINTS, 3, device=device, dtype=dtype)

@@ -1,0 +1,1 @@
+"""Storage (fsspec URIs) and image decoding."""
