@@ -87,8 +87,9 @@ def _to_rgb_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = np.asarray(image.convert("RGBA"))
         alpha = rgba[..., 3].copy()
-        # A fully opaque alpha carries no mask.
-        return rgba[..., :3].copy(), (None if alpha.min() == 255 else alpha)
+        # An alpha that is (almost) fully opaque carries no mask: under 1 % transparent pixels.
+        transparent = float((alpha < 128).mean())
+        return rgba[..., :3].copy(), (alpha if transparent >= 0.01 else None)
     if mode == "CMYK":
         image = ImageOps.invert(image.convert("RGB")) if image.info.get("adobe_transform") == 0 else image.convert("RGB")
         return np.asarray(image).copy(), None

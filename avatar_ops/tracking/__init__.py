@@ -1,0 +1,1 @@
+"""Tracking: person keypoints and mask, then a batched body-model fit."""

@@ -1,0 +1,192 @@
+"""The tracking operator: photo -> person keypoints and mask -> fitted body (batch first)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from avatar_ops.body import BodyModel, BodyModelConfig, build_body_model, resolve_device
+from avatar_ops.body.base import KEYPOINT_NAMES
+from avatar_ops.io.image import DecodedImage
+from avatar_ops.tracking.detector import DetectorConfig, MediaPipeDetector
+from avatar_ops.tracking.keypoints import main_subject
+from avatar_ops.tracking.overlay import mask_iou, rasterize_silhouette, resize_mask
+from avatar_ops.tracking.smplify import FitConfig, FitTarget, fit_bodies, project
+from avatar_ops.types import FrozenConfig, Rejected
+
+
+class TrackingConfig(FrozenConfig):
+    """What the tracking operator computes (scheduling lives in the job or Serve config)."""
+
+    body: BodyModelConfig = Field(default_factory=BodyModelConfig, description="The parametric body to fit.")
+    detector: DetectorConfig = Field(default_factory=DetectorConfig, description="The bundled person detector.")
+    fit: FitConfig = Field(default_factory=FitConfig, description="Fit weights and schedule.")
+    device: str = Field("auto", description="`auto` (CUDA when available), `cpu` or `cuda[:N]`.")
+    min_keypoints: int = Field(6, ge=3, description="Fewer confident keypoints than this rejects the photo.")
+    max_reprojection_error: float = Field(0.1, gt=0, description="Mean keypoint error, as a fraction of the person's box height, above which the fit is rejected.")
+
+
+@dataclasses.dataclass
+class TrackInput:
+    """One photo, with optional 2D keypoints given by the caller (then no detector runs for them).
+
+    Attributes:
+        image: the decoded photo.
+        keypoints: one [K, 3] array per person in KEYPOINT_NAMES order, or None to detect.
+    """
+
+    image: DecodedImage
+    keypoints: list[np.ndarray] | None = None
+
+
+@dataclasses.dataclass
+class TrackResult:
+    """The fitted body of one photo's main subject.
+
+    Attributes:
+        body_model: ``anny`` or ``smplx``.
+        shape: [S] shape parameters.
+        pose: [55, 3] SMPL-X axis-angle pose (index 0: global orientation, camera frame).
+        transl: [3] metres, camera frame (OpenCV axes).
+        intrinsics: [3, 3] pinhole camera; the camera sits at the origin looking down +z.
+        width, height: image size.
+        keypoints: [K, 3] the 2D keypoints fitted to (x, y, confidence).
+        projected_keypoints: [K, 2] the fitted body's keypoints in the image.
+        mask: [H, W] bool person mask.
+        num_people: people seen in the photo.
+        quality: ``reprojection_error_px``, ``reprojection_error_ratio`` (of the box height),
+            ``mask_iou`` and ``visible_keypoints``.
+    """
+
+    body_model: str
+    shape: np.ndarray
+    pose: np.ndarray
+    transl: np.ndarray
+    intrinsics: np.ndarray
+    width: int
+    height: int
+    keypoints: np.ndarray
+    projected_keypoints: np.ndarray
+    mask: np.ndarray
+    num_people: int
+    quality: dict[str, float]
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict of everything but the mask."""
+        return {
+            "body_model": self.body_model,
+            "shape": self.shape.tolist(),
+            "pose": self.pose.tolist(),
+            "transl": self.transl.tolist(),
+            "camera": {"intrinsics": self.intrinsics.tolist(), "width": self.width, "height": self.height, "convention": "opencv"},
+            "keypoint_names": list(KEYPOINT_NAMES),
+            "keypoints": self.keypoints.tolist(),
+            "projected_keypoints": self.projected_keypoints.tolist(),
+            "num_people": self.num_people,
+            "quality": self.quality,
+        }
+
+
+class TrackingOperator:
+    """``op(items) -> list[TrackResult | Rejected]``, one result per input, in order."""
+
+    def __init__(self, config: TrackingConfig, body: BodyModel, detector: MediaPipeDetector | None) -> None:
+        self.config = config
+        self.body = body
+        self.detector = detector
+
+    @classmethod
+    def from_config(cls, config: TrackingConfig | None = None) -> TrackingOperator:
+        """Build the body model and the detector once (per actor or replica)."""
+        config = config or TrackingConfig()
+        device = resolve_device(config.device)
+        return cls(config, build_body_model(config.body, device), MediaPipeDetector(config.detector))
+
+    def check_health(self) -> None:
+        """Raise if the operator cannot serve (a forward pass of the body must work)."""
+        with torch.no_grad():
+            shape = self.body.default_shape()[None]
+            self.body(shape, torch.zeros(1, 55, 3, device=self.body.device))
+
+    def _prepare(self, item: TrackInput) -> FitTarget | Rejected:
+        image = item.image
+        num_people = 1
+        mask = None
+        if item.keypoints is not None:
+            if len(item.keypoints) == 0:
+                return Rejected("no_person", "the supplied keypoints list no person")
+            index = main_subject(item.keypoints, image.width, image.height)
+            keypoints = np.asarray(item.keypoints[index], dtype=np.float32)
+            num_people = len(item.keypoints)
+            if image.alpha is not None:
+                mask = image.alpha > 127
+            elif self.detector is not None:
+                components = self.detector.people_components(image.rgb)
+                mask = components[0] if components else None
+        else:
+            if self.detector is None:
+                raise ValueError("This TrackingOperator has no detector: pass `keypoints` with every item.")
+            detection = self.detector(image.rgb, image.alpha)
+            if detection is None:
+                return Rejected("no_person", "no person was detected in the photo")
+            keypoints, mask, num_people = detection.keypoints, detection.mask, detection.num_people
+        if keypoints.shape != (len(KEYPOINT_NAMES), 3):
+            raise ValueError(f"keypoints must be [{len(KEYPOINT_NAMES)}, 3], got {keypoints.shape}.")
+        visible = int((keypoints[:, 2] > self.config.fit.min_confidence).sum())
+        if visible < self.config.min_keypoints:
+            return Rejected("too_few_keypoints", f"{visible} confident keypoints, fewer than min_keypoints={self.config.min_keypoints}")
+        target = FitTarget(keypoints=keypoints, mask=mask, width=image.width, height=image.height)
+        target.num_people = num_people  # carried to the result
+        return target
+
+    def __call__(self, items: Sequence[TrackInput]) -> list[TrackResult | Rejected]:
+        prepared = [self._prepare(item) for item in items]
+        todo = [i for i, p in enumerate(prepared) if isinstance(p, FitTarget)]
+        results: list[TrackResult | Rejected] = [p if isinstance(p, Rejected) else None for p in prepared]  # type: ignore[misc]
+        if not todo:
+            return results
+        targets = [prepared[i] for i in todo]
+        fit = fit_bodies(self.body, targets, self.config.fit)
+        with torch.no_grad():
+            out = self.body(fit.shape.to(self.body.device), fit.pose.to(self.body.device), fit.transl.to(self.body.device))
+            uv_all = project(out.vertices, fit.intrinsics.to(self.body.device)).cpu().numpy()
+        faces = self.body.faces.cpu().numpy()
+        for b, (i, target) in enumerate(zip(todo, targets)):
+            quality = self._quality(target, fit.projected_keypoints[b].numpy(), uv_all[b], faces)
+            if quality["reprojection_error_ratio"] > self.config.max_reprojection_error:
+                results[i] = Rejected(
+                    "fit_failed",
+                    f"mean keypoint error {quality['reprojection_error_ratio']:.3f} of the person's height, over max_reprojection_error={self.config.max_reprojection_error}",
+                )
+                continue
+            results[i] = TrackResult(
+                body_model=self.body.name, shape=fit.shape[b].numpy(), pose=fit.pose[b].numpy(), transl=fit.transl[b].numpy(),
+                intrinsics=fit.intrinsics[b].numpy(), width=target.width, height=target.height, keypoints=target.keypoints,
+                projected_keypoints=fit.projected_keypoints[b].numpy(),
+                mask=target.mask if target.mask is not None else np.zeros((target.height, target.width), bool),
+                num_people=target.num_people, quality=quality,
+            )  # fmt: skip
+        return results
+
+    def _quality(self, target: FitTarget, projected: np.ndarray, uv: np.ndarray, faces: np.ndarray) -> dict[str, float]:
+        kp = target.keypoints
+        vis = kp[:, 2] > self.config.fit.min_confidence
+        err = np.linalg.norm(projected[vis] - kp[vis, :2], axis=1)
+        box_h = float(kp[vis, 1].max() - kp[vis, 1].min()) if vis.sum() > 1 else float(target.height)
+        if target.mask is not None and target.mask.any():
+            ys = np.nonzero(target.mask.any(1))[0]
+            box_h = max(box_h, float(ys.max() - ys.min() + 1))
+        quality = {
+            "reprojection_error_px": float(err.mean()),
+            "reprojection_error_ratio": float(err.mean() / max(box_h, 1.0)),
+            "visible_keypoints": float(vis.sum()),
+            "mask_iou": float("nan"),
+        }
+        if target.mask is not None and target.mask.any():
+            sil = rasterize_silhouette(uv, faces, target.width, target.height)
+            quality["mask_iou"] = mask_iou(sil, resize_mask(target.mask, sil.shape))
+        return quality

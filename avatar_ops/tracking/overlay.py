@@ -1,0 +1,80 @@
+"""Silhouettes of a projected mesh, mask IoU, and the overlay picture people look at."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from avatar_ops.body.base import KEYPOINT_NAMES
+
+_SKELETON = [
+    ("left_shoulder", "right_shoulder"), ("left_shoulder", "left_elbow"), ("left_elbow", "left_wrist"),
+    ("right_shoulder", "right_elbow"), ("right_elbow", "right_wrist"), ("left_shoulder", "left_hip"),
+    ("right_shoulder", "right_hip"), ("left_hip", "right_hip"), ("left_hip", "left_knee"),
+    ("left_knee", "left_ankle"), ("right_hip", "right_knee"), ("right_knee", "right_ankle"),
+    ("nose", "left_eye"), ("nose", "right_eye"), ("left_eye", "left_ear"), ("right_eye", "right_ear"),
+    ("left_ankle", "left_heel"), ("left_ankle", "left_big_toe"), ("right_ankle", "right_heel"), ("right_ankle", "right_big_toe"),
+]  # fmt: skip
+
+
+def rasterize_silhouette(uv: np.ndarray, faces: np.ndarray, width: int, height: int, max_side: int = 256) -> np.ndarray:
+    """Fill the projected triangles.
+
+    Args:
+        uv: [V, 2] projected vertices (pixels).
+        faces: [F, 3] triangle vertex indices.
+        width, height: the image size.
+        max_side: the mask is drawn at this longer side, then returned at that reduced size.
+
+    Returns:
+        [h, w] bool silhouette at the reduced size (``scale = max_side / max(width, height)``).
+    """
+    scale = min(1.0, max_side / max(width, height))
+    w, h = max(1, round(width * scale)), max(1, round(height * scale))
+    canvas = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    tri = (uv[faces] * scale).reshape(len(faces), 6)
+    for t in tri.tolist():
+        draw.polygon(t, fill=255)
+    return np.asarray(canvas) > 0
+
+
+def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a bool mask to (h, w)."""
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.NEAREST)) > 0
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two bool masks of the same shape (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def draw_overlay(rgb: np.ndarray, uv: np.ndarray, faces: np.ndarray, keypoints: np.ndarray, projected: np.ndarray, min_confidence: float = 0.3) -> Image.Image:
+    """The photo with the fitted mesh (translucent), detected keypoints (green) and the body's
+    projected keypoints (red)."""
+    h, w = rgb.shape[:2]
+    base = Image.fromarray(rgb).convert("RGBA")
+    layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    step = max(1, len(faces) // 6000)
+    for t in uv[faces[::step]].reshape(-1, 6).tolist():
+        draw.polygon(t, outline=(80, 160, 255, 90))
+    sil = rasterize_silhouette(uv, faces, w, h, max_side=max(w, h))
+    tint = np.zeros((h, w, 4), np.uint8)
+    tint[sil] = (40, 120, 255, 70)
+    composed = Image.alpha_composite(Image.alpha_composite(base, Image.fromarray(tint, "RGBA")), layer)
+    draw = ImageDraw.Draw(composed)
+    idx = {n: i for i, n in enumerate(KEYPOINT_NAMES)}
+    r = max(2, round(max(w, h) / 200))
+    for a, b in _SKELETON:
+        if keypoints[idx[a], 2] > min_confidence and keypoints[idx[b], 2] > min_confidence:
+            draw.line([tuple(keypoints[idx[a], :2]), tuple(keypoints[idx[b], :2])], fill=(0, 220, 0, 255), width=max(1, r // 2))
+        draw.line([tuple(projected[idx[a]]), tuple(projected[idx[b]])], fill=(255, 40, 40, 255), width=max(1, r // 2))
+    for k in range(len(KEYPOINT_NAMES)):
+        if keypoints[k, 2] > min_confidence:
+            x, y = keypoints[k, :2]
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=(0, 220, 0, 255))
+        x, y = projected[k]
+        draw.ellipse([x - r, y - r, x + r, y + r], outline=(255, 40, 40, 255))
+    return composed.convert("RGB")

@@ -1,0 +1,265 @@
+"""Batched SMPLify-style fit of body shape, pose, orientation and translation to 2D keypoints and a
+person silhouette, in a pinhole camera (OpenCV axes: x right, y down, z forward).
+
+Losses (per photo, summed over the batch):
+    keypoints: confidence-weighted Geman-McClure reprojection error, in units of the person's height
+    silhouette: projected vertices outside the mask (distance transform) + mask pixels far from any
+        projected vertex (one-sided chamfer), also in units of the person's height
+    priors: per-joint weighted L2 on the SMPL-X pose, hinge joint limits for knees and elbows,
+        L2 on the shape latent
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+from pydantic import Field
+from scipy import ndimage
+from torch import Tensor
+
+from avatar_ops.body.base import KEYPOINT_NAMES, SMPLX_JOINT_NAMES, BodyModel, zero_pose
+from avatar_ops.types import FrozenConfig
+
+# SMPL-X body joints (1..21) prior weights: stiff spine/collars/feet, free limbs.
+_POSE_PRIOR = {
+    "spine": 4.0, "neck": 4.0, "head": 2.0, "collar": 8.0, "shoulder": 0.3, "elbow": 0.2,
+    "wrist": 2.0, "hip": 0.3, "knee": 0.2, "ankle": 2.0, "foot": 20.0,
+}  # fmt: skip
+_KP = {n: i for i, n in enumerate(KEYPOINT_NAMES)}
+TORSO = [_KP[n] for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip")]
+
+
+class FitConfig(FrozenConfig):
+    """Weights and schedule of the body fit."""
+
+    focal_factor: float = Field(1.2, gt=0, description="Focal length in pixels as a multiple of the image's longer side (about 45 degrees field of view).")
+    orient_iters: int = Field(30, ge=0, description="Iterations fitting only orientation and translation to the torso.")
+    iters: int = Field(60, ge=1, description="Iterations fitting everything.")
+    lr: float = Field(0.05, gt=0, description="Adam learning rate.")
+    keypoint_sigma: float = Field(0.5, gt=0, description="Geman-McClure scale of the keypoint residual, in person heights.")
+    min_confidence: float = Field(0.3, ge=0, le=1, description="Keypoints below this confidence are ignored.")
+    silhouette_weight: float = Field(2.0, ge=0, description="Weight of the silhouette terms.")
+    pose_prior_weight: float = Field(0.001, ge=0, description="Weight of the pose prior.")
+    joint_limit_weight: float = Field(1.0, ge=0, description="Weight of the knee/elbow hinge limits.")
+    shape_prior_weight: float = Field(0.002, ge=0, description="Weight of the shape prior.")
+    mask_resolution: int = Field(192, ge=32, description="Longer side of the mask used by the silhouette terms.")
+    silhouette_vertices: int = Field(1500, ge=100, description="Body vertices sampled for the silhouette terms.")
+    silhouette_pixels: int = Field(400, ge=50, description="Mask pixels sampled for the coverage term.")
+
+
+@dataclasses.dataclass
+class FitTarget:
+    """What one photo gives the fit.
+
+    Attributes:
+        keypoints: [K, 3] (x, y, confidence) pixels.
+        mask: [H, W] bool person mask, or None.
+        width, height: image size in pixels.
+    """
+
+    keypoints: np.ndarray
+    mask: np.ndarray | None
+    width: int
+    height: int
+
+
+@dataclasses.dataclass
+class FitResult:
+    """Fitted parameters, [B, ...] tensors on the CPU."""
+
+    shape: Tensor  # [B, S]
+    pose: Tensor  # [B, 55, 3] SMPL-X axis-angle, camera frame
+    transl: Tensor  # [B, 3] metres, camera frame
+    intrinsics: Tensor  # [B, 3, 3]
+    projected_keypoints: Tensor  # [B, K, 2] pixels
+
+
+def intrinsics_for(width: int, height: int, focal_factor: float) -> np.ndarray:
+    f = focal_factor * max(width, height)
+    return np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], dtype=np.float32)
+
+
+def project(points: Tensor, intrinsics: Tensor) -> Tensor:
+    """[B, N, 3] camera-frame points -> [B, N, 2] pixels."""
+    z = points[..., 2:3].clamp(min=1e-3)
+    uv = points[..., :2] / z
+    return uv * intrinsics[:, None, [0, 1], [0, 1]] + intrinsics[:, None, :2, 2]
+
+
+def _pose_prior_weights(device) -> Tensor:
+    w = torch.zeros(len(SMPLX_JOINT_NAMES), device=device)
+    for j, name in enumerate(SMPLX_JOINT_NAMES[1:22], start=1):
+        w[j] = next(v for k, v in _POSE_PRIOR.items() if k in name)
+    return w
+
+
+def joint_limit_penalty(pose: Tensor) -> Tensor:
+    """[B, 55, 3] -> [B]: knees bend about +x only, elbows about -y (left) / +y (right)."""
+    j = {n: i for i, n in enumerate(SMPLX_JOINT_NAMES)}
+    pen = torch.zeros(pose.shape[0], device=pose.device, dtype=pose.dtype)
+    for knee in ("left_knee", "right_knee"):
+        p = pose[:, j[knee]]
+        pen = pen + torch.relu(-p[:, 0]) ** 2 * 10 + (p[:, 1] ** 2 + p[:, 2] ** 2) * 4
+    for elbow, sign in (("left_elbow", -1.0), ("right_elbow", 1.0)):
+        p = pose[:, j[elbow]]
+        pen = pen + torch.relu(-sign * p[:, 1]) ** 2 * 10 + p[:, 2] ** 2 * 4 + p[:, 0] ** 2 * 0.5
+    return pen
+
+
+class _Silhouette:
+    """Precomputed per-photo silhouette data at a reduced resolution."""
+
+    def __init__(self, targets: list[FitTarget], config: FitConfig, device, generator: torch.Generator) -> None:
+        dts, samples, scales, has = [], [], [], []
+        res = config.mask_resolution
+        for t in targets:
+            scale = res / max(t.width, t.height)
+            h, w = max(1, round(t.height * scale)), max(1, round(t.width * scale))
+            dt = np.zeros((res, res), np.float32)
+            pix = np.zeros((config.silhouette_pixels, 2), np.float32)
+            if t.mask is not None and t.mask.any():
+                small = np.asarray(
+                    torch.nn.functional.interpolate(torch.from_numpy(t.mask.astype(np.float32))[None, None], size=(h, w), mode="area")[0, 0] > 0.5
+                )
+                dt[:h, :w] = ndimage.distance_transform_edt(~small)
+                ys, xs = np.nonzero(small)
+                if len(ys):
+                    pick = torch.randint(len(ys), (config.silhouette_pixels,), generator=generator).numpy()
+                    pix = np.stack([xs[pick], ys[pick]], 1).astype(np.float32) + 0.5
+                has.append(len(ys) > 0)
+            else:
+                has.append(False)
+            dts.append(dt)
+            samples.append(pix)
+            scales.append(scale)
+        self.res = res
+        self.dt = torch.from_numpy(np.stack(dts))[:, None].to(device)  # [B, 1, R, R]
+        self.pixels = torch.from_numpy(np.stack(samples)).to(device)  # [B, P, 2] reduced pixels
+        self.scale = torch.tensor(scales, device=device)  # [B]
+        self.valid = torch.tensor(has, device=device)
+        self.size = torch.tensor([[t.width, t.height] for t in targets], device=device, dtype=torch.float32)
+
+    def loss(self, uv: Tensor, norm: Tensor) -> Tensor:
+        """uv: [B, N, 2] projected vertices (full-res pixels); norm: [B] person heights -> [B]."""
+        inside = (uv[..., 0] >= 0) & (uv[..., 1] >= 0) & (uv[..., 0] < self.size[:, None, 0]) & (uv[..., 1] < self.size[:, None, 1])
+        small = uv * self.scale[:, None, None]
+        grid = small / self.res * 2 - 1
+        outside = torch.nn.functional.grid_sample(self.dt, grid[:, :, None], align_corners=False, padding_mode="border")[:, 0, :, 0]
+        outside = (outside * inside).sum(1) / inside.sum(1).clamp(min=1) / self.scale
+        dist = torch.cdist(self.pixels, small)  # [B, P, N]
+        cover = dist.min(dim=2).values.mean(1) / self.scale
+        return torch.where(self.valid, (outside + cover) / norm, torch.zeros_like(norm))
+
+
+def _initial_guess(body: BodyModel, targets: list[FitTarget], intrinsics: Tensor, config: FitConfig) -> tuple[Tensor, Tensor]:
+    """Global orientation (facing or turned away from the camera) and translation from the torso."""
+    device = intrinsics.device
+    with torch.no_grad():
+        rest = body(body.default_shape()[None], zero_pose(1, device=device)).keypoints[0]
+    kp3 = rest.cpu().numpy()
+    orient, transl = [], []
+    for t, k in zip(targets, intrinsics.cpu().numpy()):
+        kp = t.keypoints
+        conf = kp[:, 2] > config.min_confidence
+        f = k[0, 0]
+        ls, rs, lh, rh = (_KP[n] for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip"))
+        facing = True
+        if conf[ls] and conf[rs]:
+            facing = kp[ls, 0] >= kp[rs, 0]
+        # Flip y-up/+z-facing body into the camera's y-down frame, facing the camera (-z).
+        orient.append([math.pi, 0.0, 0.0] if facing else [0.0, 0.0, math.pi])
+        pairs = [(a, b) for a, b in ((ls, lh), (rs, rh), (ls, rs), (lh, rh)) if conf[a] and conf[b]]
+        if pairs:
+            ratios = [np.linalg.norm(kp3[a] - kp3[b]) / max(np.linalg.norm(kp[a, :2] - kp[b, :2]), 1.0) for a, b in pairs]
+            z = f * float(np.median(ratios))
+        else:
+            valid = kp[conf]
+            span = (valid[:, 1].max() - valid[:, 1].min()) if len(valid) > 1 else t.height / 2
+            z = f * 1.0 / max(span, 1.0)
+        used = [i for i in TORSO if conf[i]] or list(np.nonzero(conf)[0])
+        centre2d = kp[used, :2].mean(0)
+        centre3d = kp3[used].mean(0) * np.array([1, -1, -1]) if facing else kp3[used].mean(0) * np.array([-1, -1, 1])
+        x = (centre2d[0] - k[0, 2]) * z / f - centre3d[0]
+        y = (centre2d[1] - k[1, 2]) * z / f - centre3d[1]
+        transl.append([x, y, z - centre3d[2]])
+    return torch.tensor(orient, device=device, dtype=torch.float32), torch.tensor(transl, device=device, dtype=torch.float32)
+
+
+def fit_bodies(body: BodyModel, targets: list[FitTarget], config: FitConfig | None = None, seed: int = 0) -> FitResult:
+    """Fit ``body`` to every target at once.
+
+    Args:
+        body: a :class:`BodyModel`.
+        targets: one :class:`FitTarget` per photo (batched together).
+        config: weights and schedule.
+        seed: seeds the silhouette pixel sampling, so the same input gives the same fit.
+    """
+    if not targets:
+        raise ValueError("`targets` must hold at least one photo, got an empty list.")
+    config = config or FitConfig()
+    device = body.device
+    generator = torch.Generator().manual_seed(seed)
+    batch = len(targets)
+    intrinsics = torch.from_numpy(np.stack([intrinsics_for(t.width, t.height, config.focal_factor) for t in targets])).to(device)
+    kp = torch.from_numpy(np.stack([t.keypoints for t in targets])).to(device)
+    conf = kp[..., 2] * (kp[..., 2] > config.min_confidence)
+    valid = kp[..., :2][conf > 0]
+    heights = []
+    for b in range(batch):
+        pts = kp[b, conf[b] > 0, :2]
+        heights.append(float(pts[:, 1].max() - pts[:, 1].min()) if len(pts) > 1 else float(targets[b].height))
+    norm = torch.tensor(heights, device=device).clamp(min=16.0)
+    del valid
+    sil = _Silhouette(targets, config, device, generator)
+    n_vert = body.num_vertices
+    vert_idx = torch.randperm(n_vert, generator=generator)[: config.silhouette_vertices].to(device)
+    prior_w = _pose_prior_weights(device)
+
+    orient0, transl0 = _initial_guess(body, targets, intrinsics, config)
+    orient = orient0.clone().requires_grad_(True)
+    transl = transl0.clone().requires_grad_(True)
+    # Start with the arms lowered (SMPLify starts from a mean pose, not the T-pose).
+    body_pose = torch.zeros(batch, 21, 3, device=device)
+    body_pose[:, SMPLX_JOINT_NAMES.index("left_shoulder") - 1, 2] = -1.1
+    body_pose[:, SMPLX_JOINT_NAMES.index("right_shoulder") - 1, 2] = 1.1
+    body_pose.requires_grad_(True)
+    latent = body.latent_from_shape(body.default_shape()).expand(batch, -1).clone().requires_grad_(True)
+    rest = zero_pose(batch, device=device)[:, 22:]
+
+    def evaluate(use_all: bool) -> tuple[Tensor, Tensor]:
+        pose = torch.cat([orient[:, None], body_pose if use_all else body_pose.detach(), rest], dim=1)
+        shape = body.shape_from_latent(latent if use_all else latent.detach())
+        out = body(shape, pose, transl)
+        uv = project(out.keypoints, intrinsics)
+        r = ((uv - kp[..., :2]) ** 2).sum(-1) / norm[:, None] ** 2
+        s2 = config.keypoint_sigma**2
+        w = conf if use_all else conf * torch.isin(torch.arange(conf.shape[1], device=device), torch.tensor(TORSO, device=device))
+        loss = (w * s2 * r / (r + s2)).sum(1) / w.sum(1).clamp(min=1e-3)
+        if use_all:
+            uv_v = project(out.vertices[:, vert_idx], intrinsics)
+            loss = loss + config.silhouette_weight * 0.1 * sil.loss(uv_v, norm)
+            loss = loss + config.pose_prior_weight * (prior_w[None, 1:22, None] * body_pose**2).sum((1, 2))
+            loss = loss + config.joint_limit_weight * 0.01 * joint_limit_penalty(pose)
+            loss = loss + config.shape_prior_weight * (latent**2).sum(1)
+        return loss.sum(), uv
+
+    opt = torch.optim.Adam([orient, transl], lr=config.lr)
+    for _ in range(config.orient_iters):
+        opt.zero_grad()
+        loss, _ = evaluate(use_all=False)
+        loss.backward()
+        opt.step()
+    opt = torch.optim.Adam([orient, transl, body_pose, latent], lr=config.lr)
+    for _ in range(config.iters):
+        opt.zero_grad()
+        loss, _ = evaluate(use_all=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        _, uv = evaluate(use_all=True)
+        pose = torch.cat([orient[:, None], body_pose, rest], dim=1)
+        shape = body.shape_from_latent(latent)
+    return FitResult(shape=shape.detach().cpu(), pose=pose.detach().cpu(), transl=transl.detach().cpu(), intrinsics=intrinsics.cpu(), projected_keypoints=uv.cpu())
