@@ -91,8 +91,8 @@ def _to_rgb_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         transparent = float((alpha < 128).mean())
         return rgba[..., :3].copy(), (alpha if transparent >= 0.01 else None)
     if mode == "CMYK":
-        image = ImageOps.invert(image.convert("RGB")) if image.info.get("adobe_transform") == 0 else image.convert("RGB")
-        return np.asarray(image).copy(), None
+        # Pillow undoes Adobe's inverted CMYK itself.
+        return np.asarray(image.convert("RGB")).copy(), None
     return np.asarray(image.convert("RGB")).copy(), None
 
 
@@ -133,7 +133,7 @@ def decode_image(data: bytes, config: DecodeConfig | None = None) -> DecodedImag
     except UnidentifiedImageError:
         return Rejected("not_an_image", "the bytes are not a JPEG, PNG or WebP image")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return Rejected("too_many_pixels", str(exc))
+        return Rejected("too_many_pixels", f"over Pillow's decompression-bomb limit, itself above max_pixels={config.max_pixels}: {exc}")
     except OSError as exc:
         message = str(exc)
         if "truncated" in message or "broken data stream" in message or "unrecognized data stream" in message:

@@ -37,16 +37,17 @@ class FitConfig(FrozenConfig):
 
     focal_factor: float = Field(1.2, gt=0, description="Focal length in pixels as a multiple of the image's longer side (about 45 degrees field of view).")
     orient_iters: int = Field(30, ge=0, description="Iterations fitting only orientation and translation to the torso.")
-    iters: int = Field(60, ge=1, description="Iterations fitting everything.")
+    iters: int = Field(100, ge=1, description="Iterations fitting everything.")
     lr: float = Field(0.05, gt=0, description="Adam learning rate.")
     keypoint_sigma: float = Field(0.5, gt=0, description="Geman-McClure scale of the keypoint residual, in person heights.")
     min_confidence: float = Field(0.3, ge=0, le=1, description="Keypoints below this confidence are ignored.")
-    silhouette_weight: float = Field(2.0, ge=0, description="Weight of the silhouette terms.")
+    silhouette_weight: float = Field(4.0, ge=0, description="Weight of the silhouette terms.")
     pose_prior_weight: float = Field(0.001, ge=0, description="Weight of the pose prior.")
     joint_limit_weight: float = Field(1.0, ge=0, description="Weight of the knee/elbow hinge limits.")
     shape_prior_weight: float = Field(0.002, ge=0, description="Weight of the shape prior.")
+    coverage_weight: float = Field(1.3, ge=0, description="Weight of mask coverage relative to the outside-the-mask term (clothing makes masks wider than bodies).")
     mask_resolution: int = Field(192, ge=32, description="Longer side of the mask used by the silhouette terms.")
-    silhouette_vertices: int = Field(1500, ge=100, description="Body vertices sampled for the silhouette terms.")
+    silhouette_vertices: int = Field(2500, ge=100, description="Body vertices sampled for the silhouette terms.")
     silhouette_pixels: int = Field(400, ge=50, description="Mask pixels sampled for the coverage term.")
 
 
@@ -142,7 +143,7 @@ class _Silhouette:
         self.valid = torch.tensor(has, device=device)
         self.size = torch.tensor([[t.width, t.height] for t in targets], device=device, dtype=torch.float32)
 
-    def loss(self, uv: Tensor, norm: Tensor) -> Tensor:
+    def loss(self, uv: Tensor, norm: Tensor, coverage_weight: float) -> Tensor:
         """uv: [B, N, 2] projected vertices (full-res pixels); norm: [B] person heights -> [B]."""
         inside = (uv[..., 0] >= 0) & (uv[..., 1] >= 0) & (uv[..., 0] < self.size[:, None, 0]) & (uv[..., 1] < self.size[:, None, 1])
         small = uv * self.scale[:, None, None]
@@ -151,7 +152,7 @@ class _Silhouette:
         outside = (outside * inside).sum(1) / inside.sum(1).clamp(min=1) / self.scale
         dist = torch.cdist(self.pixels, small)  # [B, P, N]
         cover = dist.min(dim=2).values.mean(1) / self.scale
-        return torch.where(self.valid, (outside + cover) / norm, torch.zeros_like(norm))
+        return torch.where(self.valid, (outside + coverage_weight * cover) / norm, torch.zeros_like(norm))
 
 
 def _initial_guess(body: BodyModel, targets: list[FitTarget], intrinsics: Tensor, config: FitConfig) -> tuple[Tensor, Tensor]:
@@ -240,7 +241,7 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: FitConfig | No
         loss = (w * s2 * r / (r + s2)).sum(1) / w.sum(1).clamp(min=1e-3)
         if use_all:
             uv_v = project(out.vertices[:, vert_idx], intrinsics)
-            loss = loss + config.silhouette_weight * 0.1 * sil.loss(uv_v, norm)
+            loss = loss + config.silhouette_weight * 0.1 * sil.loss(uv_v, norm, config.coverage_weight)
             loss = loss + config.pose_prior_weight * (prior_w[None, 1:22, None] * body_pose**2).sum((1, 2))
             loss = loss + config.joint_limit_weight * 0.01 * joint_limit_penalty(pose)
             loss = loss + config.shape_prior_weight * (latent**2).sum(1)

@@ -1,0 +1,138 @@
+"""The ``avatar-forge`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EPILOG = """examples:
+  avatar-forge track samples/*.jpg samples/*.png -o out/track
+  avatar-forge track photo.jpg --keypoints photo_openpose.json -o out/track
+  avatar-forge track photo.jpg --body smplx --smplx-path /models/smplx -o out/track
+
+Body models: `anny` (default) ships in its wheel and runs offline; its first build takes about a
+minute and is cached under $ANNY_CACHE_DIR. `smplx` needs licensed SMPL-X files (a .npz or a folder
+of SMPLX_<GENDER>.npz) at a local path or fsspec URI.
+"""
+
+
+def _add_body_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--body", choices=["anny", "smplx"], default="anny", help="parametric body model (default: anny)")
+    p.add_argument("--smplx-path", help="SMPL-X .npz file or folder (path or s3://...), required with --body smplx")
+    p.add_argument("--gender", choices=["neutral", "male", "female"], default="neutral", help="SMPL-X gender (default: neutral)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N] (default: auto)")
+
+
+def _tracking_config(args: argparse.Namespace):
+    from avatar_ops.body import BodyModelConfig
+    from avatar_ops.tracking.operator import TrackingConfig
+
+    if args.body == "smplx" and not args.smplx_path:
+        raise SystemExit("error: --smplx-path is required with --body smplx")
+    return TrackingConfig(body=BodyModelConfig(kind=args.body, smplx_path=args.smplx_path, gender=args.gender), device=args.device)
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    import torch
+
+    from avatar_ops.io.image import DecodeConfig, load_image
+    from avatar_ops.io.storage import write_bytes
+    from avatar_ops.tracking.keypoints import parse_keypoints_json
+    from avatar_ops.tracking.operator import TrackingOperator, TrackInput
+    from avatar_ops.tracking.overlay import draw_overlay
+    from avatar_ops.tracking.smplify import project
+    from avatar_ops.types import Rejected
+
+    if args.keypoints and len(args.keypoints) != len(args.photos):
+        raise SystemExit(f"error: --keypoints was given {len(args.keypoints)} times for {len(args.photos)} photos; give it once per photo or not at all")
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    operator = TrackingOperator.from_config(_tracking_config(args))
+    decode = DecodeConfig()
+    failures = 0
+    for start in range(0, len(args.photos), args.batch_size):
+        chunk = args.photos[start : start + args.batch_size]
+        items, names, outcomes = [], [], {}
+        for offset, photo in enumerate(chunk):
+            try:
+                decoded = load_image(photo, decode)
+            except FileNotFoundError:
+                print(f"{photo}: FAILED file not found")
+                failures += 1
+                continue
+            if isinstance(decoded, Rejected):
+                outcomes[photo] = decoded
+                continue
+            kps = None
+            if args.keypoints:
+                kps = parse_keypoints_json(Path(args.keypoints[start + offset]).read_text())
+            items.append(TrackInput(decoded, kps))
+            names.append(photo)
+        t0 = time.perf_counter()
+        results = operator(items) if items else []
+        seconds = (time.perf_counter() - t0) / max(len(items), 1)
+        outcomes.update(zip(names, results))
+        images = {n: it.image for n, it in zip(names, items)}
+        for photo in chunk:
+            if photo not in outcomes:
+                continue
+            result = outcomes[photo]
+            stem = Path(photo).stem
+            if isinstance(result, Rejected):
+                print(f"{photo}: REJECTED {result}")
+                write_bytes(str(out_dir / f"{stem}.json"), json.dumps({"status": "rejected", "reason": result.reason, "detail": result.detail}, indent=2).encode())
+                continue
+            record = {"status": "ok", "source": photo, **result.to_json()}
+            write_bytes(str(out_dir / f"{stem}.json"), json.dumps(record, indent=1).encode())
+            with torch.no_grad():
+                body = operator.body
+                dev = body.device
+                out = body(torch.from_numpy(result.shape)[None].to(dev), torch.from_numpy(result.pose)[None].to(dev), torch.from_numpy(result.transl)[None].to(dev))
+                uv = project(out.vertices, torch.from_numpy(result.intrinsics)[None].to(dev))[0].cpu().numpy()
+            overlay = draw_overlay(images[photo].rgb, uv, body.faces.cpu().numpy(), result.keypoints, result.projected_keypoints)
+            overlay_path = out_dir / f"{stem}_overlay.png"
+            overlay.save(overlay_path)
+            q = result.quality
+            print(
+                f"{photo}: ok body={result.body_model} people={result.num_people} keypoints={int(q['visible_keypoints'])} "
+                f"reproj={q['reprojection_error_px']:.1f}px ({100 * q['reprojection_error_ratio']:.1f}% of height) "
+                f"mask_iou={q['mask_iou']:.2f} {seconds:.2f}s -> {out_dir / (stem + '.json')}, {overlay_path}"
+            )
+    return 1 if failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avatar-forge",
+        description="Turn photos of people into animatable 3D Gaussian avatars.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    track = sub.add_parser(
+        "track",
+        help="fit a body model to each photo; write its parameters (JSON) and an overlay (PNG)",
+        description="Detect the main person in each photo (keypoints and mask), fit the body model to them, and write "
+        "<stem>.json (shape, SMPL-X pose, translation, camera, keypoints, quality) and <stem>_overlay.png per photo.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    track.add_argument("photos", nargs="+", metavar="PHOTO", help="image files (JPEG, PNG, WebP): local paths or fsspec URIs")
+    track.add_argument("-o", "--output", default="out/track", help="output folder (default: out/track)")
+    track.add_argument("--keypoints", action="append", metavar="JSON", help="2D keypoints for the photo at the same position (COCO-17 or OpenPose BODY_25 JSON); skips the detector")
+    track.add_argument("--batch-size", type=int, default=8, help="photos fitted together (default: 8)")
+    _add_body_args(track)
+    track.set_defaults(func=cmd_track)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Shared fixtures: offline environment, body models built once per session, sample photos."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("ANNY_CACHE_DIR", str(Path.home() / ".cache" / "anny"))
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples"
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def anny_body():
+    """The default Anny body (first build ~1-2 min, then cached under ANNY_CACHE_DIR)."""
+    from avatar_ops.body import BodyModelConfig, build_body_model
+
+    return build_body_model(BodyModelConfig(kind="anny"))
+
+
+@pytest.fixture(scope="session")
+def smplx_file(tmp_path_factory) -> Path:
+    """A synthetic SMPL-X-format model written by the test itself (never committed)."""
+    from tests.smplx_synthetic import make_synthetic_smplx
+
+    return make_synthetic_smplx(tmp_path_factory.mktemp("smplx") / "SMPLX_NEUTRAL.npz")
+
+
+@pytest.fixture(scope="session")
+def smplx_body(smplx_file):
+    from avatar_ops.body import BodyModelConfig, build_body_model
+
+    return build_body_model(BodyModelConfig(kind="smplx", smplx_path=str(smplx_file)))
+
+
+@pytest.fixture(scope="session")
+def detector():
+    from avatar_ops.tracking.detector import MediaPipeDetector
+
+    det = MediaPipeDetector()
+    yield det
+    det.close()
+
+
+@pytest.fixture(scope="session")
+def tracker(anny_body, detector):
+    from avatar_ops.tracking.operator import TrackingConfig, TrackingOperator
+
+    return TrackingOperator(TrackingConfig(device="cpu"), anny_body, detector)
