@@ -113,7 +113,7 @@ def joint_limit_penalty(pose: Tensor) -> Tensor:
 class _Silhouette:
     """Precomputed per-photo silhouette data at a reduced resolution."""
 
-    def __init__(self, targets: list[FitTarget], config: FitConfig, device, generator: torch.Generator) -> None:
+    def __init__(self, targets: list[FitTarget], config: FitConfig, device, seed: int) -> None:
         dts, samples, scales, has = [], [], [], []
         res = config.mask_resolution
         for t in targets:
@@ -128,6 +128,8 @@ class _Silhouette:
                 dt[:h, :w] = ndimage.distance_transform_edt(~small)
                 ys, xs = np.nonzero(small)
                 if len(ys):
+                    # Seeded per photo, so a photo's fit does not depend on its batch neighbours.
+                    generator = torch.Generator().manual_seed(seed)
                     pick = torch.randint(len(ys), (config.silhouette_pixels,), generator=generator).numpy()
                     pix = np.stack([xs[pick], ys[pick]], 1).astype(np.float32) + 0.5
                 has.append(len(ys) > 0)
@@ -214,7 +216,7 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: FitConfig | No
         heights.append(float(pts[:, 1].max() - pts[:, 1].min()) if len(pts) > 1 else float(targets[b].height))
     norm = torch.tensor(heights, device=device).clamp(min=16.0)
     del valid
-    sil = _Silhouette(targets, config, device, generator)
+    sil = _Silhouette(targets, config, device, seed)
     n_vert = body.num_vertices
     vert_idx = torch.randperm(n_vert, generator=generator)[: config.silhouette_vertices].to(device)
     prior_w = _pose_prior_weights(device)

@@ -1,0 +1,155 @@
+"""Tracking: real photos fit well, bad photos get specific rejections, both bodies recover known poses."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from avatar_ops.body.base import KEYPOINT_NAMES, SMPLX_JOINT_NAMES, zero_pose
+from avatar_ops.io.image import DecodedImage, decode_image
+from avatar_ops.tracking.keypoints import parse_keypoints_json
+from avatar_ops.tracking.operator import TrackingConfig, TrackingOperator, TrackInput, TrackResult
+from avatar_ops.tracking.smplify import FitConfig, intrinsics_for, project
+from avatar_ops.types import Rejected
+
+PHOTOS = ["man_wall_fullbody.jpg", "woman_dress_fullbody.jpg", "man_hoodie_masked.png"]
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def sample_results(tracker, samples_dir):
+    items = [TrackInput(decode_image((samples_dir / name).read_bytes())) for name in PHOTOS]
+    return dict(zip(PHOTOS, tracker(items)))
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_real_photo_fit_quality(sample_results, name):
+    result = sample_results[name]
+    assert isinstance(result, TrackResult), result
+    assert result.quality["mask_iou"] >= 0.70, result.quality
+    assert result.quality["reprojection_error_ratio"] <= 0.05, result.quality
+    assert result.num_people == 1
+    assert result.pose.shape == (55, 3) and result.transl[2] > 0.5  # in front of the camera
+    json.dumps(result.to_json())  # serialisable
+
+
+def test_same_input_same_fit(tracker, samples_dir):
+    item = TrackInput(decode_image((samples_dir / PHOTOS[2]).read_bytes()))
+    first, second = tracker([item])[0], tracker([item])[0]
+    np.testing.assert_allclose(first.pose, second.pose, atol=1e-5)
+    np.testing.assert_allclose(first.transl, second.transl, atol=1e-5)
+
+
+def _bad_inputs(samples_dir) -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, (400, 400, 3), dtype=np.uint8)
+    y, x = np.mgrid[0:480, 0:640]
+    scene = np.stack([(x / 640 * 255), (y / 480 * 200), np.full_like(x, 120.0)], -1).astype(np.uint8)
+    scene[300:420, 100:260] = (60, 140, 60)  # a box and a disc: no person
+    scene[((x - 450) ** 2 + (y - 200) ** 2) < 60**2] = (200, 60, 40)
+    photo = (samples_dir / PHOTOS[0]).read_bytes()
+    buf = io.BytesIO()
+    Image.fromarray(scene).save(buf, format="GIF")
+    return {
+        "empty_file": b"",
+        "not_an_image": b"%PDF-1.4 not a photo" * 10,
+        "truncated_image": photo[: len(photo) // 3],
+        "too_small": _png(noise[:64, :64]),
+        "too_many_pixels": _png(np.zeros((9000, 9000), np.uint8)),
+        "unsupported_format": buf.getvalue(),
+        "no_person": _png(scene),
+    }
+
+
+def test_bad_inputs_get_specific_rejections(tracker, samples_dir):
+    from avatar_ops.io.image import DecodeConfig
+
+    config = DecodeConfig(max_pixels=50_000_000)
+    for expected, data in _bad_inputs(samples_dir).items():
+        decoded = decode_image(data, config)
+        outcome = decoded if isinstance(decoded, Rejected) else tracker([TrackInput(decoded)])[0]
+        assert isinstance(outcome, Rejected), (expected, outcome)
+        assert outcome.reason == expected, (expected, outcome)
+
+
+def test_several_people_pick_the_main_subject(tracker, samples_dir):
+    person = Image.open(samples_dir / PHOTOS[2]).convert("RGB")
+    big = person.resize((400, 400))
+    small = person.crop((128, 0, 384, 512)).resize((150, 300))
+    canvas = Image.new("RGB", (760, 460), (0, 0, 0))
+    canvas.paste(big, (300, 30))
+    canvas.paste(small, (20, 140))
+    result = tracker([TrackInput(decode_image(_png(np.asarray(canvas))))])[0]
+    assert isinstance(result, TrackResult), result
+    assert result.num_people == 2
+    visible = result.keypoints[:, 2] > 0.3
+    assert result.keypoints[visible, 0].mean() > 300  # the large, central person
+
+
+def test_supplied_keypoints_coco_and_openpose(tracker, samples_dir, sample_results):
+    ref = sample_results[PHOTOS[2]]
+    kp = ref.keypoints
+    coco = {"keypoints": [float(v) for p in kp[:17] for v in (p[0], p[1], 2 if p[2] > 0.3 else 0)]}
+    body25 = np.zeros((25, 3), np.float32)
+    from avatar_ops.tracking.keypoints import BODY25_INDEX
+
+    for k, i in enumerate(BODY25_INDEX):
+        body25[i] = kp[k]
+    openpose = {"people": [{"pose_keypoints_2d": body25.ravel().tolist()}, {"pose_keypoints_2d": (body25 * [0.2, 0.2, 1]).ravel().tolist()}]}
+    image = decode_image((samples_dir / PHOTOS[2]).read_bytes())
+    for text, people in ((json.dumps(coco), 1), (json.dumps(openpose), 2)):
+        parsed = parse_keypoints_json(text)
+        assert len(parsed) == people
+        result = tracker([TrackInput(image, parsed)])[0]
+        assert isinstance(result, TrackResult), result
+        assert result.num_people == people
+        assert result.quality["reprojection_error_ratio"] <= 0.05
+    with pytest.raises(ValueError, match="51"):
+        parse_keypoints_json(json.dumps({"keypoints": [1, 2, 3]}))
+
+
+@pytest.mark.parametrize("backend", ["anny", "smplx"])
+def test_fit_recovers_known_pose_and_shape(backend, request):
+    body = request.getfixturevalue(f"{backend}_body")
+    torch.manual_seed(0)
+    j = {n: i for i, n in enumerate(SMPLX_JOINT_NAMES)}
+    pose = zero_pose(1)
+    pose[0, 0] = torch.tensor([np.pi, 0.0, 0.0])  # facing the camera
+    pose[0, j["left_shoulder"]] = torch.tensor([0.0, 0.0, -1.0])
+    pose[0, j["right_shoulder"]] = torch.tensor([0.0, 0.0, 0.9])
+    pose[0, j["left_elbow"]] = torch.tensor([0.0, -0.6, 0.0])
+    pose[0, j["right_knee"]] = torch.tensor([0.4, 0.0, 0.0])
+    pose[0, j["left_hip"]] = torch.tensor([-0.2, 0.0, 0.15])
+    shape = body.default_shape()[None].clone()
+    shape += 0.15 if backend == "anny" else 0.8
+    transl = torch.tensor([[0.05, 0.1, 3.2]])
+    width, height = 512, 768
+    config = TrackingConfig(device="cpu", fit=FitConfig(silhouette_weight=0.0))
+    k = torch.from_numpy(intrinsics_for(width, height, config.fit.focal_factor))[None]
+    with torch.no_grad():
+        truth = body(shape, pose, transl)
+        uv = project(truth.keypoints, k)[0].numpy()
+    keypoints = np.concatenate([uv, np.ones((len(KEYPOINT_NAMES), 1))], 1).astype(np.float32)
+    image = DecodedImage(rgb=np.zeros((height, width, 3), np.uint8), alpha=None, format="PNG", mode="RGB")
+    op = TrackingOperator(config, body, detector=None)
+    result = op([TrackInput(image, [keypoints])])[0]
+    assert isinstance(result, TrackResult), result
+    with torch.no_grad():
+        fitted = body(torch.from_numpy(result.shape)[None], torch.from_numpy(result.pose)[None], torch.from_numpy(result.transl)[None])
+    # 2D keypoints cannot tell a larger body further away from a smaller one nearer: compare after
+    # aligning translation and scale (no rotation), over the keypoints both bodies share (metres).
+    a = fitted.keypoints[0] - fitted.keypoints[0].mean(0)
+    b = truth.keypoints[0] - truth.keypoints[0].mean(0)
+    a = a * (a * b).sum() / (a * a).sum()
+    error = float((a - b).norm(dim=1).mean())
+    assert error <= 0.03, error
