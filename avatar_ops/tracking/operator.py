@@ -139,9 +139,7 @@ class TrackingOperator:
         visible = int((keypoints[:, 2] > self.config.fit.min_confidence).sum())
         if visible < self.config.min_keypoints:
             return Rejected("too_few_keypoints", f"{visible} confident keypoints, fewer than min_keypoints={self.config.min_keypoints}")
-        target = FitTarget(keypoints=keypoints, mask=mask, width=image.width, height=image.height)
-        target.num_people = num_people  # carried to the result
-        return target
+        return FitTarget(keypoints=keypoints, mask=mask, width=image.width, height=image.height, num_people=num_people)
 
     def __call__(self, items: Sequence[TrackInput]) -> list[TrackResult | Rejected]:
         prepared = [self._prepare(item) for item in items]

@@ -59,12 +59,14 @@ class FitTarget:
         keypoints: [K, 3] (x, y, confidence) pixels.
         mask: [H, W] bool person mask, or None.
         width, height: image size in pixels.
+        num_people: people seen in the photo (carried through to the result).
     """
 
     keypoints: np.ndarray
     mask: np.ndarray | None
     width: int
     height: int
+    num_people: int = 1
 
 
 @dataclasses.dataclass
@@ -209,13 +211,11 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: FitConfig | No
     intrinsics = torch.from_numpy(np.stack([intrinsics_for(t.width, t.height, config.focal_factor) for t in targets])).to(device)
     kp = torch.from_numpy(np.stack([t.keypoints for t in targets])).to(device)
     conf = kp[..., 2] * (kp[..., 2] > config.min_confidence)
-    valid = kp[..., :2][conf > 0]
     heights = []
     for b in range(batch):
         pts = kp[b, conf[b] > 0, :2]
         heights.append(float(pts[:, 1].max() - pts[:, 1].min()) if len(pts) > 1 else float(targets[b].height))
     norm = torch.tensor(heights, device=device).clamp(min=16.0)
-    del valid
     sil = _Silhouette(targets, config, device, seed)
     n_vert = body.num_vertices
     vert_idx = torch.randperm(n_vert, generator=generator)[: config.silhouette_vertices].to(device)
