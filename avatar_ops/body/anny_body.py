@@ -99,6 +99,29 @@ class AnnyBody(BodyModel):
         self.register_buffer("bone_drives", torch.tensor(drives, device=device), persistent=False)
         self.register_buffer("bone_parents", torch.tensor([max(p, 0) for p in parents], device=device), persistent=False)
         self.register_buffer("rest_correction", self._rest_corrections(), persistent=False)
+        self._precompute_keypoint_basis()
+
+    @torch.no_grad()
+    def _precompute_keypoint_basis(self) -> None:
+        """Keypoints are fixed vertex averages and skinning is linear, so a keypoint is
+        ``sum_j T_j [Q_kj; s_kj]`` with ``Q_kj = sum_v r_kv w_vj rest_v``, itself linear in the
+        blendshape coefficients: ``Q = Q0 + sum_a c_a Qa``. Precomputing Q0, Qa and s makes
+        keypoints cost a few small products instead of skinning all vertices."""
+        m, r = self.model, self.keypoint_regressor
+        weights = self._skinning_weights
+        q0, qa, s = [], [], []
+        for k in range(r.regression_weights.shape[0]):
+            index = r.regression_indices[k]
+            rk = r.regression_weights[k]
+            support = rk != 0
+            index, rk = index[support], rk[support]
+            rw = rk[:, None] * weights[index]  # [n, J]
+            s.append(rw.sum(0))
+            q0.append(rw.T @ m.template_vertices[index])  # [J, 3]
+            qa.append(torch.einsum("nj,anc->ajc", rw, m.blendshapes[:, index]))  # [A, J, 3]
+        self.register_buffer("_kp_q0", torch.stack(q0), persistent=False)  # [K, J, 3]
+        self.register_buffer("_kp_qa", torch.stack(qa, 1), persistent=False)  # [A, K, J, 3]
+        self.register_buffer("_kp_s", torch.stack(s), persistent=False)  # [K, J]
 
     @torch.no_grad()
     def _rest_corrections(self) -> Tensor:
@@ -168,3 +191,48 @@ class AnnyBody(BodyModel):
         joint_transforms[..., 3, 3] = 1
         rest = out["rest_vertices"].expand(pose.shape[0], -1, -1) @ self.m.T
         return BodyOutput(vertices=vertices, joints=joints, keypoints=keypoints, joint_transforms=joint_transforms, rest_vertices=rest)
+
+    def _blendshape_coefficients(self, shape: Tensor) -> Tensor:
+        _, phenotype, local, facial = self.model.get_tensor_inputs(None, shape, None, None)
+        return self.model._get_phenotype_blendshape_coefficients(phenotype, local, facial)
+
+    def _rest_bone_poses(self, coeffs: Tensor) -> Tensor:
+        """Anny's rest bone poses without its rest vertices (same as ``get_rest_model``)."""
+        m = self.model
+        if m.bone_orientation != "cached":
+            return m.get_rest_model(coeffs)["rest_bone_poses"]
+        import roma
+        from anny.skinning.skinning import apply_linear_blendshape
+
+        heads = apply_linear_blendshape(m.template_bone_heads, m.bone_heads_blendshapes, coeffs)
+        cross = m.bone_template_orientation_matrices[None] + torch.einsum("ba,akij->bkij", coeffs, m.bone_orientation_blendshapes)
+        orientation = roma.special_procrustes(cross)
+        if m.rest_orientation_refiner is not None:
+            orientation = m.rest_orientation_refiner(orientation, heads)
+        poses = roma.Rigid(linear=orientation, translation=heads).to_homogeneous()
+        if m.root_identity_orientation:
+            poses = poses.clone()
+            poses[:, 0, :3, :3] = torch.eye(3, device=poses.device, dtype=poses.dtype)
+        return poses
+
+    def keypoints_and_vertices(self, shape: Tensor, pose: Tensor, transl: Tensor | None, vertex_index: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_inputs(shape, pose, transl)
+        from anny.skinning.skinning import apply_linear_blendshape
+
+        m = self.model
+        coeffs = self._blendshape_coefficients(shape)
+        transforms, _ = m.get_bone_transforms(self.local_deltas(pose), self._rest_bone_poses(coeffs))  # [B, J, 4, 4]
+        global_rot = axis_angle_to_matrix(pose[:, 0])
+        to_world = global_rot @ self.m
+        t = torch.zeros_like(pose[:, 0]) if transl is None else transl
+        # Keypoints from the precomputed basis.
+        q = self._kp_q0 + torch.einsum("ba,akjc->bkjc", coeffs, self._kp_qa)
+        kp = torch.einsum("bjxy,bkjy->bkx", transforms[..., :3, :3], q) + torch.einsum("bjx,kj->bkx", transforms[..., :3, 3], self._kp_s)
+        keypoints = kp @ to_world.transpose(1, 2) + t[:, None]
+        # The requested vertices, skinned alone.
+        rest = apply_linear_blendshape(m.template_vertices[vertex_index], m.blendshapes[:, vertex_index], coeffs)
+        batch, joints = transforms.shape[:2]
+        per_vertex = (self._skinning_weights[vertex_index] @ transforms[..., :3, :].reshape(batch, joints, 12)).view(batch, -1, 3, 4)
+        posed = (per_vertex[..., :3] @ rest[..., None])[..., 0] + per_vertex[..., 3]
+        vertices = posed @ to_world.transpose(1, 2) + t[:, None]
+        return keypoints, vertices

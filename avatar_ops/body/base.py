@@ -112,6 +112,15 @@ class BodyModel(nn.Module, abc.ABC):
             transl: [B, 3] translation, zero when None.
         """
 
+    def keypoints_and_vertices(self, shape: Tensor, pose: Tensor, transl: Tensor | None, vertex_index: Tensor) -> tuple[Tensor, Tensor]:
+        """[B, K, 3] keypoints and [B, N, 3] posed vertices ``vertex_index`` only.
+
+        Equal to ``forward`` followed by indexing; backends override it with a cheaper path (the
+        body fit calls it hundreds of times per photo).
+        """
+        out = self(shape, pose, transl)
+        return out.keypoints, out.vertices[:, vertex_index]
+
     def check_inputs(self, shape: Tensor, pose: Tensor, transl: Tensor | None) -> None:
         if shape.ndim != 2 or shape.shape[1] != self.num_shape_params:
             raise ValueError(f"`shape` must be [B, {self.num_shape_params}] for {self.name}, got {tuple(shape.shape)}.")

@@ -33,8 +33,43 @@ def axis_angle_to_matrix(axis_angle: Tensor) -> Tensor:
     return torch.where(small[..., None], eye + k_small, rot)
 
 
+def matrix_to_quaternion(matrix: Tensor) -> Tensor:
+    """[..., 3, 3] rotation matrices -> [..., 4] unit quaternions (w, x, y, z), w >= 0.
+
+    Shepperd's method: of the four candidate formulas, each element uses the one with the largest
+    denominator, so it is stable at every angle, including pi.
+    """
+    m = matrix
+    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
+    candidates = torch.stack(
+        [
+            torch.stack([1 + m00 + m11 + m22, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
+            torch.stack([m[..., 2, 1] - m[..., 1, 2], 1 + m00 - m11 - m22, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
+            torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 - m00 + m11 - m22, m[..., 1, 2] + m[..., 2, 1]], -1),
+            torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], 1 - m00 - m11 + m22], -1),
+        ],
+        -2,
+    )  # [..., 4 candidates, 4]
+    diag = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
+    best = diag.argmax(-1, keepdim=True)
+    q = torch.gather(candidates, -2, best[..., None].expand(*best.shape, 4))[..., 0, :]
+    q = q / torch.linalg.norm(q, dim=-1, keepdim=True)
+    return torch.where(q[..., :1] < 0, -q, q)
+
+
+def quaternion_to_axis_angle(quaternion: Tensor) -> Tensor:
+    """[..., 4] (w, x, y, z) -> [..., 3] rotation vectors with angle in [0, pi]."""
+    q = torch.where(quaternion[..., :1] < 0, -quaternion, quaternion)
+    v = q[..., 1:]
+    norm = torch.linalg.norm(v, dim=-1, keepdim=True)
+    angle = 2 * torch.atan2(norm, q[..., :1])
+    small = norm < 1e-7
+    scale = torch.where(small, 2.0 / q[..., :1].clamp(min=1e-7), angle / torch.where(small, torch.ones_like(norm), norm))
+    return v * scale
+
+
 def matrix_to_axis_angle(matrix: Tensor) -> Tensor:
-    """Inverse of :func:`axis_angle_to_matrix` for angles in [0, pi).
+    """Inverse of :func:`axis_angle_to_matrix` (angle in [0, pi]; stable at 0 and at pi).
 
     Args:
         matrix: [..., 3, 3] rotation matrices.
@@ -42,16 +77,7 @@ def matrix_to_axis_angle(matrix: Tensor) -> Tensor:
     Returns:
         [..., 3] rotation vectors.
     """
-    trace = matrix[..., 0, 0] + matrix[..., 1, 1] + matrix[..., 2, 2]
-    cos = ((trace - 1) / 2).clamp(-1 + 1e-7, 1 - 1e-7)
-    angle = torch.acos(cos)
-    vec = torch.stack(
-        [matrix[..., 2, 1] - matrix[..., 1, 2], matrix[..., 0, 2] - matrix[..., 2, 0], matrix[..., 1, 0] - matrix[..., 0, 1]],
-        dim=-1,
-    )
-    sin = torch.sin(angle)
-    scale = torch.where(sin.abs() < 1e-6, torch.full_like(sin, 0.5), angle / (2 * sin))
-    return vec * scale[..., None]
+    return quaternion_to_axis_angle(matrix_to_quaternion(matrix))
 
 
 def rotation_between(a: Tensor, b: Tensor) -> Tensor:

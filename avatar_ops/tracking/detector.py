@@ -1,9 +1,8 @@
 """Person keypoints and mask from MediaPipe's legacy ``solutions`` models, whose weights ship in the
-``mediapipe`` wheel (BlazePose full, ``model_complexity=1``, and selfie segmentation).
+``mediapipe`` wheel (BlazePose full, ``model_complexity=1``, with its segmentation head).
 
-BlazePose sees one person per call; to count people and pick the main subject we segment every
-person with the selfie model, split the mask into connected components and run the pose model on
-the crop of the chosen one.
+BlazePose sees one person per call; to count people and pick the main subject (largest, most
+central) each found person is painted out and the photo searched again.
 """
 
 from __future__ import annotations
@@ -22,9 +21,11 @@ class DetectorConfig(FrozenConfig):
     """Settings of the bundled MediaPipe person detector."""
 
     min_detection_confidence: float = Field(0.5, ge=0, le=1, description="BlazePose detection threshold.")
-    min_person_area: float = Field(0.01, gt=0, lt=1, description="Smallest mask component (fraction of the image) counted as a person.")
-    min_relative_area: float = Field(0.2, gt=0, le=1, description="Components smaller than this fraction of the largest are not counted as people.")
-    crop_padding: float = Field(0.25, ge=0, description="Padding around the chosen person's mask box, as a fraction of its size, for the pose crop.")
+    min_person_area: float = Field(0.01, gt=0, lt=1, description="Smallest person mask (fraction of the image) counted as a person.")
+    min_relative_area: float = Field(0.2, gt=0, le=1, description="People whose mask is smaller than this fraction of the largest are not counted.")
+    max_people: int = Field(4, ge=1, description="Most people searched for in one photo.")
+    erase_margin: float = Field(0.01, ge=0, lt=0.2, description="A found person's mask is grown by this fraction of the image's longer side before it is painted out.")
+    min_keypoint_confidence: float = Field(0.3, ge=0, le=1, description="Keypoints below this visibility do not count towards a detection.")
 
 
 @dataclasses.dataclass
@@ -53,11 +54,9 @@ class MediaPipeDetector:
             static_image_mode=True, model_complexity=1, enable_segmentation=True,
             min_detection_confidence=self.config.min_detection_confidence,
         )  # fmt: skip
-        self._segmenter = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
 
     def close(self) -> None:
         self._pose.close()
-        self._segmenter.close()
 
     def _pose_on(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         result = self._pose.process(np.ascontiguousarray(rgb))
@@ -70,57 +69,54 @@ class MediaPipeDetector:
         mask = result.segmentation_mask > 0.5 if result.segmentation_mask is not None else np.zeros((h, w), bool)
         return remap(raw, BLAZEPOSE_INDEX), mask
 
+    def people(self, rgb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every person BlazePose finds, as (keypoints, mask) pairs in detection order.
+
+        BlazePose returns one person per call (the most prominent), so each found person is
+        painted out (its mask, dilated) and the photo searched again, up to ``max_people``.
+        """
+        h, w = rgb.shape[:2]
+        work = np.array(rgb, copy=True)
+        erased = np.zeros((h, w), bool)
+        found: list[tuple[np.ndarray, np.ndarray]] = []
+        grow = max(1, round(self.config.erase_margin * max(h, w)))
+        for _ in range(self.config.max_people):
+            result = self._pose_on(work)
+            if result is None:
+                break
+            keypoints, mask = result
+            mask &= ~erased
+            visible = keypoints[:, 2] > self.config.min_keypoint_confidence
+            if visible.sum() < 3 or mask.sum() < self.config.min_person_area * h * w:
+                break
+            xy = np.clip(keypoints[visible, :2].astype(int), 0, [w - 1, h - 1])
+            if erased[xy[:, 1], xy[:, 0]].mean() > 0.5:
+                break  # the same person again (its mask missed part of it)
+            found.append((keypoints, mask))
+            painted = ndimage.binary_dilation(mask, iterations=grow) if grow else mask
+            erased |= painted
+            work[painted] = 0
+        return found
+
     def people_components(self, rgb: np.ndarray) -> list[np.ndarray]:
-        """Boolean masks of the people the selfie segmenter separates, largest first."""
-        seg = self._segmenter.process(np.ascontiguousarray(rgb)).segmentation_mask
-        if seg is None:
-            return []
-        labels, n = ndimage.label(seg > 0.5)
-        if n == 0:
-            return []
-        areas = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
-        total = labels.size
-        keep = [i + 1 for i, a in enumerate(areas) if a >= self.config.min_person_area * total and a >= self.config.min_relative_area * areas.max()]
-        keep.sort(key=lambda i: -areas[i - 1])
-        return [labels == i for i in keep]
+        """Person masks, largest first (for photos whose keypoints were supplied)."""
+        return sorted((mask for _, mask in self.people(rgb)), key=lambda m: -int(m.sum()))
 
     def __call__(self, rgb: np.ndarray, alpha: np.ndarray | None = None) -> Detection | None:
         h, w = rgb.shape[:2]
-        components = self.people_components(rgb)
-        num_people = len(components)
-        crop_box = None
-        if num_people > 1:
-            def score(m: np.ndarray) -> float:
-                ys, xs = np.nonzero(m)
-                offset = np.hypot(xs.mean() / w - 0.5, ys.mean() / h - 0.5)
-                return float(m.sum()) * (1.0 - min(offset, 0.9))
+        people = self.people(rgb)
+        if not people:
+            return None
+        largest = max(int(m.sum()) for _, m in people)
+        people = [p for p in people if p[1].sum() >= self.config.min_relative_area * largest]
 
-            chosen = max(components, key=score)
-            ys, xs = np.nonzero(chosen)
-            pad_x = (xs.max() - xs.min()) * self.config.crop_padding
-            pad_y = (ys.max() - ys.min()) * self.config.crop_padding
-            crop_box = (
-                int(max(0, xs.min() - pad_x)), int(max(0, ys.min() - pad_y)),
-                int(min(w, xs.max() + pad_x + 1)), int(min(h, ys.max() + pad_y + 1)),
-            )  # fmt: skip
-        if crop_box is None:
-            found = self._pose_on(rgb)
-            if found is None:
-                return None
-            keypoints, mask = found
-        else:
-            x0, y0, x1, y1 = crop_box
-            found = self._pose_on(rgb[y0:y1, x0:x1])
-            if found is None:
-                return None
-            keypoints, crop_mask = found
-            keypoints[:, 0] += x0
-            keypoints[:, 1] += y0
-            mask = np.zeros((h, w), bool)
-            mask[y0:y1, x0:x1] = crop_mask
+        def score(person: tuple[np.ndarray, np.ndarray]) -> float:
+            ys, xs = np.nonzero(person[1])
+            offset = np.hypot(xs.mean() / w - 0.5, ys.mean() / h - 0.5)
+            return float(len(ys)) * (1.0 - min(offset, 0.9))
+
+        keypoints, mask = max(people, key=score)
         if alpha is not None:
             # A cut-out photo: its alpha channel is the most precise person mask there is.
             mask = alpha > 127
-        if keypoints[:, 2].max() <= 0 or (mask.sum() == 0 and alpha is None):
-            return None
-        return Detection(keypoints=keypoints, mask=mask, num_people=max(num_people, 1))
+        return Detection(keypoints=keypoints, mask=mask, num_people=len(people))

@@ -37,18 +37,20 @@ class FitConfig(FrozenConfig):
 
     focal_factor: float = Field(1.2, gt=0, description="Focal length in pixels as a multiple of the image's longer side (about 45 degrees field of view).")
     orient_iters: int = Field(30, ge=0, description="Iterations fitting only orientation and translation to the torso.")
-    iters: int = Field(100, ge=1, description="Iterations fitting everything.")
+    keypoint_iters: int = Field(40, ge=0, description="Iterations fitting pose and shape to the keypoints alone (cheap: no vertices).")
+    iters: int = Field(40, ge=1, description="Iterations fitting everything, silhouette included.")
+    init_elbow_flexion: float = Field(1.0, ge=0, le=2.5, description="Elbow flexion (radians) of the starting pose, so forearms can fold either way.")
     lr: float = Field(0.05, gt=0, description="Adam learning rate.")
-    keypoint_sigma: float = Field(0.5, gt=0, description="Geman-McClure scale of the keypoint residual, in person heights.")
+    keypoint_sigma: float = Field(0.2, gt=0, description="Geman-McClure scale of the keypoint residual, in person heights.")
     min_confidence: float = Field(0.3, ge=0, le=1, description="Keypoints below this confidence are ignored.")
-    silhouette_weight: float = Field(4.0, ge=0, description="Weight of the silhouette terms.")
+    silhouette_weight: float = Field(8.0, ge=0, description="Weight of the silhouette terms.")
     pose_prior_weight: float = Field(0.001, ge=0, description="Weight of the pose prior.")
     joint_limit_weight: float = Field(1.0, ge=0, description="Weight of the knee/elbow hinge limits.")
-    shape_prior_weight: float = Field(0.002, ge=0, description="Weight of the shape prior.")
+    shape_prior_weight: float = Field(0.0002, ge=0, description="Weight of the shape prior.")
     coverage_weight: float = Field(1.3, ge=0, description="Weight of mask coverage relative to the outside-the-mask term (clothing makes masks wider than bodies).")
     mask_resolution: int = Field(192, ge=32, description="Longer side of the mask used by the silhouette terms.")
-    silhouette_vertices: int = Field(2500, ge=100, description="Body vertices sampled for the silhouette terms.")
-    silhouette_pixels: int = Field(400, ge=50, description="Mask pixels sampled for the coverage term.")
+    silhouette_vertices: int = Field(1000, ge=100, description="Body vertices sampled for the silhouette terms.")
+    silhouette_pixels: int = Field(250, ge=50, description="Mask pixels sampled for the coverage term.")
 
 
 @dataclasses.dataclass
@@ -228,41 +230,47 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: FitConfig | No
     body_pose = torch.zeros(batch, 21, 3, device=device)
     body_pose[:, SMPLX_JOINT_NAMES.index("left_shoulder") - 1, 2] = -1.1
     body_pose[:, SMPLX_JOINT_NAMES.index("right_shoulder") - 1, 2] = 1.1
+    body_pose[:, SMPLX_JOINT_NAMES.index("left_elbow") - 1, 1] = -config.init_elbow_flexion
+    body_pose[:, SMPLX_JOINT_NAMES.index("right_elbow") - 1, 1] = config.init_elbow_flexion
     body_pose.requires_grad_(True)
     latent = body.latent_from_shape(body.default_shape()).expand(batch, -1).clone().requires_grad_(True)
     rest = zero_pose(batch, device=device)[:, 22:]
 
-    def evaluate(use_all: bool) -> tuple[Tensor, Tensor]:
-        pose = torch.cat([orient[:, None], body_pose if use_all else body_pose.detach(), rest], dim=1)
-        shape = body.shape_from_latent(latent if use_all else latent.detach())
-        out = body(shape, pose, transl)
-        uv = project(out.keypoints, intrinsics)
+    no_vertices = vert_idx[:0]
+
+    def evaluate(stage: str) -> tuple[Tensor, Tensor]:
+        """stage: ``orient`` (torso keypoints, orientation and translation), ``keypoints``
+        (everything but the silhouette) or ``full``."""
+        free = stage != "orient"
+        pose = torch.cat([orient[:, None], body_pose if free else body_pose.detach(), rest], dim=1)
+        shape = body.shape_from_latent(latent if free else latent.detach())
+        keypoints, vertices = body.keypoints_and_vertices(shape, pose, transl, vert_idx if stage == "full" else no_vertices)
+        uv = project(keypoints, intrinsics)
         r = ((uv - kp[..., :2]) ** 2).sum(-1) / norm[:, None] ** 2
         s2 = config.keypoint_sigma**2
-        w = conf if use_all else conf * torch.isin(torch.arange(conf.shape[1], device=device), torch.tensor(TORSO, device=device))
+        w = conf if free else conf * torch.isin(torch.arange(conf.shape[1], device=device), torch.tensor(TORSO, device=device))
         loss = (w * s2 * r / (r + s2)).sum(1) / w.sum(1).clamp(min=1e-3)
-        if use_all:
-            uv_v = project(out.vertices[:, vert_idx], intrinsics)
-            loss = loss + config.silhouette_weight * 0.1 * sil.loss(uv_v, norm, config.coverage_weight)
+        if free:
             loss = loss + config.pose_prior_weight * (prior_w[None, 1:22, None] * body_pose**2).sum((1, 2))
             loss = loss + config.joint_limit_weight * 0.01 * joint_limit_penalty(pose)
             loss = loss + config.shape_prior_weight * (latent**2).sum(1)
+        if stage == "full":
+            loss = loss + config.silhouette_weight * 0.1 * sil.loss(project(vertices, intrinsics), norm, config.coverage_weight)
         return loss.sum(), uv
 
-    opt = torch.optim.Adam([orient, transl], lr=config.lr)
-    for _ in range(config.orient_iters):
-        opt.zero_grad()
-        loss, _ = evaluate(use_all=False)
-        loss.backward()
-        opt.step()
-    opt = torch.optim.Adam([orient, transl, body_pose, latent], lr=config.lr)
-    for _ in range(config.iters):
-        opt.zero_grad()
-        loss, _ = evaluate(use_all=True)
-        loss.backward()
-        opt.step()
+    for stage, params, iters in (
+        ("orient", [orient, transl], config.orient_iters),
+        ("keypoints", [orient, transl, body_pose, latent], config.keypoint_iters),
+        ("full", [orient, transl, body_pose, latent], config.iters),
+    ):
+        opt = torch.optim.Adam(params, lr=config.lr)
+        for _ in range(iters):
+            opt.zero_grad()
+            loss, _ = evaluate(stage)
+            loss.backward()
+            opt.step()
     with torch.no_grad():
-        _, uv = evaluate(use_all=True)
+        _, uv = evaluate("keypoints")
         pose = torch.cat([orient[:, None], body_pose, rest], dim=1)
         shape = body.shape_from_latent(latent)
     return FitResult(shape=shape.detach().cpu(), pose=pose.detach().cpu(), transl=transl.detach().cpu(), intrinsics=intrinsics.cpu(), projected_keypoints=uv.cpu())

@@ -117,3 +117,31 @@ def test_smplx_loads_from_object_store_uri(smplx_file, tmp_path, monkeypatch):
         f.write(smplx_file.read_bytes())
     body = build_body_model(BodyModelConfig(kind="smplx", smplx_path="memory://models/smplx/SMPLX_NEUTRAL.npz"))
     assert body.num_vertices == 10475
+
+
+def test_keypoints_and_vertices_match_the_full_forward(body):
+    # The fit's fast path must be the same function as forward(), values and gradients.
+    torch.manual_seed(1)
+    shape = (body.default_shape()[None] + 0.1 * torch.randn(2, body.num_shape_params)).requires_grad_(True)
+    pose = (0.3 * torch.randn(2, 55, 3)).requires_grad_(True)
+    transl = torch.randn(2, 3)
+    index = torch.randperm(body.num_vertices)[:300]
+    keypoints, vertices = body.keypoints_and_vertices(shape, pose, transl, index)
+    out = body(shape, pose, transl)
+    torch.testing.assert_close(keypoints, out.keypoints, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vertices, out.vertices[:, index], atol=1e-5, rtol=1e-5)
+    fast = torch.autograd.grad(keypoints.sum() + vertices.sum(), [shape, pose])
+    full = torch.autograd.grad(out.keypoints.sum() + out.vertices[:, index].sum(), [shape, pose])
+    for a, b in zip(fast, full):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_rotation_round_trip_at_every_angle():
+    from avatar_ops.body.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+
+    torch.manual_seed(0)
+    axes = torch.nn.functional.normalize(torch.randn(200, 3), dim=1)
+    angles = torch.cat([torch.tensor([0.0, 1e-8, np.pi - 1e-4, np.pi]), torch.rand(196) * np.pi])
+    rot = axis_angle_to_matrix(axes * angles[:, None])
+    back = axis_angle_to_matrix(matrix_to_axis_angle(rot))
+    torch.testing.assert_close(back, rot, atol=1e-5, rtol=0)

@@ -82,11 +82,6 @@ def test_bad_inputs_get_specific_rejections(tracker, samples_dir):
         assert outcome.reason == expected, (expected, outcome)
 
 
-@pytest.mark.xfail(
-    reason="known gap (issue 2): the selfie segmenter used to count people misses a second, smaller person; "
-    "needs detect-erase-redetect with BlazePose or a multi-person detector",
-    strict=False,
-)
 def test_several_people_pick_the_main_subject(tracker, samples_dir):
     person = Image.open(samples_dir / PHOTOS[2]).convert("RGB")
     big = person.resize((400, 400))
@@ -123,20 +118,31 @@ def test_supplied_keypoints_coco_and_openpose(tracker, samples_dir, sample_resul
         parse_keypoints_json(json.dumps({"keypoints": [1, 2, 3]}))
 
 
-@pytest.mark.xfail(
-    reason="known gap (issue 2): keypoint-only recovery reaches about 5 cm scale-aligned mean error, target 3 cm",
-    strict=False,
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "anny",
+        pytest.param(
+            "smplx",
+            marks=pytest.mark.xfail(
+                reason="known gap (issue 2): on the synthetic SMPL-X model the fit reaches 3.2 cm (target 3 cm); "
+                "the raised, twisted arm lands in a nearby local minimum and the betas barely move from keypoints alone",
+                strict=False,
+            ),
+        ),
+    ],
 )
-@pytest.mark.parametrize("backend", ["anny", "smplx"])
 def test_fit_recovers_known_pose_and_shape(backend, request):
     body = request.getfixturevalue(f"{backend}_body")
     torch.manual_seed(0)
     j = {n: i for i, n in enumerate(SMPLX_JOINT_NAMES)}
     pose = zero_pose(1)
     pose[0, 0] = torch.tensor([np.pi, 0.0, 0.0])  # facing the camera
-    pose[0, j["left_shoulder"]] = torch.tensor([0.0, 0.0, -1.0])
+    # Limbs move in or near the image plane: one view's 2D keypoints cannot tell a forearm bent
+    # towards the camera from one bent away, so such a pose would test luck, not the fit.
+    pose[0, j["left_shoulder"]] = torch.tensor([1.3, 0.0, -0.2])  # raised, twisted: the elbow bends in the image plane
     pose[0, j["right_shoulder"]] = torch.tensor([0.0, 0.0, 0.9])
-    pose[0, j["left_elbow"]] = torch.tensor([0.0, -0.6, 0.0])
+    pose[0, j["left_elbow"]] = torch.tensor([0.0, -0.8, 0.0])
     pose[0, j["right_knee"]] = torch.tensor([0.4, 0.0, 0.0])
     pose[0, j["left_hip"]] = torch.tensor([-0.2, 0.0, 0.15])
     shape = body.default_shape()[None].clone()
@@ -162,3 +168,25 @@ def test_fit_recovers_known_pose_and_shape(backend, request):
     a = a * (a * b).sum() / (a * a).sum()
     error = float((a - b).norm(dim=1).mean())
     assert error <= 0.03, error
+
+
+def test_silhouette_rasteriser_matches_polygon_fill(anny_body):
+    from PIL import ImageDraw
+
+    from avatar_ops.tracking.overlay import rasterize_silhouette
+
+    pose = zero_pose(1)
+    pose[0, 0] = torch.tensor([np.pi, 0.0, 0.0])
+    width, height = 300, 450
+    k = torch.from_numpy(intrinsics_for(width, height, 1.2))[None]
+    with torch.no_grad():
+        uv = project(anny_body(anny_body.default_shape()[None], pose, torch.tensor([[0.0, 0.0, 3.0]])).vertices, k)[0].numpy()
+    faces = anny_body.faces.numpy()
+    ours = rasterize_silhouette(uv, faces, width, height, max_side=height)
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for poly in uv[faces].reshape(-1, 6).tolist():
+        draw.polygon(poly, fill=255)
+    reference = np.asarray(canvas) > 0
+    iou = (ours & reference).sum() / (ours | reference).sum()
+    assert ours.shape == (height, width) and iou > 0.97, iou
