@@ -1,0 +1,248 @@
+"""Differentiable 3D Gaussian splatting, batched over cameras.
+
+One entry point, :func:`rasterize`. The backend follows the tensors' device: ``gsplat.rasterization``
+on CUDA; on the CPU a PyTorch tiled rasteriser that projects with gsplat's own PyTorch reference
+(``gsplat.cuda._torch_impl``, the same formulas as its CUDA kernels) and composites front to back
+per 16x16 tile with the same rules: 3.33-sigma screen footprint, ``eps2d`` low-pass, alpha clamped
+to 0.999, contributions under 1/255 skipped, a pixel stops at transmittance 1e-4, colours from SH
+get +0.5 and are clamped at 0, depth is the expected depth (accumulated depth over alpha).
+Gradients reach every Gaussian parameter through autograd.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import Tensor
+
+ALPHA_MIN = 1.0 / 255.0
+ALPHA_MAX = 0.999
+T_MIN = 1e-4
+
+
+@dataclasses.dataclass
+class Cameras:
+    """Pinhole cameras with OpenCV axes (x right, y down, z forward).
+
+    Attributes:
+        viewmats: [C, 4, 4] world-to-camera transforms.
+        Ks: [C, 3, 3] intrinsics in pixels.
+        width, height: image size shared by all cameras.
+    """
+
+    viewmats: Tensor
+    Ks: Tensor
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        if self.viewmats.ndim != 3 or self.viewmats.shape[1:] != (4, 4):
+            raise ValueError(f"`viewmats` must be [C, 4, 4], got {tuple(self.viewmats.shape)}.")
+        if self.Ks.shape != (self.viewmats.shape[0], 3, 3):
+            raise ValueError(f"`Ks` must be [C, 3, 3] = [{self.viewmats.shape[0]}, 3, 3], got {tuple(self.Ks.shape)}.")
+        if self.width < 1 or self.height < 1:
+            raise ValueError(f"`width` and `height` must be >= 1, got {self.width}x{self.height}.")
+
+    def __len__(self) -> int:
+        return int(self.viewmats.shape[0])
+
+    def to(self, device) -> Cameras:
+        return Cameras(self.viewmats.to(device), self.Ks.to(device), self.width, self.height)
+
+    def scaled(self, factor: float) -> Cameras:
+        """The same cameras rendering images ``factor`` times the size."""
+        ks = self.Ks.clone()
+        ks[:, :2] *= factor
+        return Cameras(self.viewmats, ks, max(1, round(self.width * factor)), max(1, round(self.height * factor)))
+
+    def __getitem__(self, index) -> Cameras:
+        return Cameras(self.viewmats[index], self.Ks[index], self.width, self.height)
+
+
+@dataclasses.dataclass
+class Render:
+    """rgb [C, H, W, 3], alpha [C, H, W, 1], depth [C, H, W, 1] (expected depth, 0 where empty)."""
+
+    rgb: Tensor
+    alpha: Tensor
+    depth: Tensor
+
+
+def rasterize(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    cameras: Cameras,
+    background: Tensor | None = None,
+    sh_degree: int | None = None,
+    backend: str = "auto",
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    tile_size: int = 16,
+) -> Render:
+    """Render Gaussians into every camera.
+
+    Args:
+        means: [N, 3] centres (world).
+        quats: [N, 4] rotations (w, x, y, z), normalised here.
+        scales: [N, 3] standard deviations along the rotated axes (world units, > 0).
+        opacities: [N] in [0, 1].
+        colors: [N, 3] RGB, or [N, K, 3] SH coefficients with ``sh_degree`` set (K >= (d+1)^2).
+        cameras: the views.
+        background: [3] or [C, 3] colour behind the Gaussians (black when None).
+        sh_degree: SH degree of ``colors``; None for plain RGB.
+        backend: ``auto`` (by device), ``gsplat`` (CUDA) or ``torch``.
+    """
+    n = means.shape[0]
+    for name, value, shape in (("quats", quats, (n, 4)), ("scales", scales, (n, 3)), ("opacities", opacities, (n,))):
+        if tuple(value.shape) != shape:
+            raise ValueError(f"`{name}` must be {list(shape)} for {n} Gaussians, got {list(value.shape)}.")
+    if means.ndim != 2 or means.shape[1] != 3:
+        raise ValueError(f"`means` must be [N, 3], got {list(means.shape)}.")
+    if sh_degree is None and tuple(colors.shape) != (n, 3):
+        raise ValueError(f"`colors` must be [N, 3] RGB without `sh_degree`, got {list(colors.shape)}.")
+    if sh_degree is not None and (colors.ndim != 3 or colors.shape[0] != n or colors.shape[1] < (sh_degree + 1) ** 2):
+        raise ValueError(f"`colors` must be [N, >= {(sh_degree + 1) ** 2}, 3] SH for sh_degree={sh_degree}, got {list(colors.shape)}.")
+    num_cams = len(cameras)
+    if background is None:
+        background = torch.zeros(3, device=means.device, dtype=means.dtype)
+    background = background.to(means).expand(num_cams, 3)
+    if backend == "auto":
+        backend = "gsplat" if means.is_cuda else "torch"
+    if backend == "gsplat":
+        return _rasterize_gsplat(means, quats, scales, opacities, colors, cameras, background, sh_degree, eps2d, near_plane, tile_size)
+    if backend != "torch":
+        raise ValueError(f"`backend` must be 'auto', 'gsplat' or 'torch', got {backend!r}.")
+    return _rasterize_torch(means, quats, scales, opacities, colors, cameras, background, sh_degree, eps2d, near_plane, tile_size)
+
+
+def _rasterize_gsplat(means, quats, scales, opacities, colors, cameras, background, sh_degree, eps2d, near_plane, tile_size) -> Render:
+    import gsplat
+
+    out, alpha, _ = gsplat.rasterization(
+        means, quats, scales, opacities, colors, cameras.viewmats, cameras.Ks, cameras.width, cameras.height,
+        near_plane=near_plane, eps2d=eps2d, sh_degree=sh_degree, tile_size=tile_size, backgrounds=background,
+        render_mode="RGB+ED", packed=False,
+    )  # fmt: skip
+    return Render(rgb=out[..., :3], alpha=alpha, depth=out[..., 3:4])
+
+
+def _colors_for_cameras(means: Tensor, colors: Tensor, viewmats: Tensor, sh_degree: int | None) -> Tensor:
+    """[N, 3] or SH -> [C, N, 3] (view-dependent for SH, as gsplat evaluates it)."""
+    if sh_degree is None:
+        return colors[None].expand(viewmats.shape[0], -1, -1)
+    from gsplat.cuda._torch_impl import _spherical_harmonics
+
+    campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
+    dirs = means[None] - campos[:, None]  # [C, N, 3]
+    k = (sh_degree + 1) ** 2
+    rgb = _spherical_harmonics(sh_degree, dirs, colors[None, :, :k].expand(viewmats.shape[0], -1, -1, -1))
+    return torch.clamp_min(rgb + 0.5, 0.0)
+
+
+def _rasterize_torch(means, quats, scales, opacities, colors, cameras, background, sh_degree, eps2d, near_plane, tile_size) -> Render:
+    from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
+
+    quats = quats / quats.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False, triu=False)
+    radii, means2d, depths, conics, _ = _fully_fused_projection(
+        means, covars, cameras.viewmats, cameras.Ks, cameras.width, cameras.height, eps2d=eps2d, near_plane=near_plane
+    )
+    rgb_all = _colors_for_cameras(means, colors, cameras.viewmats, sh_degree)
+    rgbs, alphas, depth_maps = [], [], []
+    for c in range(len(cameras)):
+        rgb, alpha, depth = _composite(
+            means2d[c], conics[c], depths[c], radii[c], opacities, rgb_all[c], background[c], cameras.width, cameras.height, tile_size
+        )
+        rgbs.append(rgb)
+        alphas.append(alpha)
+        depth_maps.append(depth)
+    return Render(rgb=torch.stack(rgbs), alpha=torch.stack(alphas), depth=torch.stack(depth_maps))
+
+
+def _tile_pairs(means2d: Tensor, radii: Tensor, depths: Tensor, tiles_x: int, tiles_y: int, tile_size: int) -> tuple[Tensor, Tensor]:
+    """(tile id, Gaussian id) for every tile each Gaussian's footprint touches, sorted by tile then depth."""
+    with torch.no_grad():
+        visible = (radii > 0).all(-1)
+        ids = torch.nonzero(visible)[:, 0]
+        m, r = means2d[ids], radii[ids].to(means2d.dtype)
+        x0 = ((m[:, 0] - r[:, 0]) / tile_size).floor().clamp(0, tiles_x - 1).long()
+        x1 = ((m[:, 0] + r[:, 0]) / tile_size).floor().clamp(0, tiles_x - 1).long()
+        y0 = ((m[:, 1] - r[:, 1]) / tile_size).floor().clamp(0, tiles_y - 1).long()
+        y1 = ((m[:, 1] + r[:, 1]) / tile_size).floor().clamp(0, tiles_y - 1).long()
+        nx, ny = x1 - x0 + 1, y1 - y0 + 1
+        count = nx * ny
+        gauss = torch.repeat_interleave(ids, count)
+        start = torch.cumsum(count, 0) - count
+        local = torch.arange(int(count.sum()), device=means2d.device) - torch.repeat_interleave(start, count)
+        nx_rep = torch.repeat_interleave(nx, count)
+        tx = torch.repeat_interleave(x0, count) + local % nx_rep
+        ty = torch.repeat_interleave(y0, count) + local // nx_rep
+        tile = ty * tiles_x + tx
+        # Sort by depth first, then stably by tile: each tile's list ends up front to back.
+        order = torch.argsort(depths[gauss], stable=True)
+        tile, gauss = tile[order], gauss[order]
+        order = torch.argsort(tile, stable=True)
+        return tile[order], gauss[order]
+
+
+def _composite(means2d, conics, depths, radii, opacities, rgb, background, width, height, tile_size, chunk_elems: int = 4_000_000):
+    """Front-to-back alpha compositing of one camera, tile by tile (tiles batched in chunks)."""
+    device, dtype = means2d.device, means2d.dtype
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    num_tiles = tiles_x * tiles_y
+    tile, gauss = _tile_pairs(means2d, radii, depths, tiles_x, tiles_y, tile_size)
+    counts = torch.bincount(tile, minlength=num_tiles)
+    offsets = torch.cumsum(counts, 0) - counts
+    features = torch.cat([rgb, depths[:, None]], 1)  # [N, 4]
+    pix = tile_size * tile_size
+    out_feat = torch.zeros(num_tiles, pix, 4, device=device, dtype=dtype)
+    out_alpha = torch.zeros(num_tiles, pix, device=device, dtype=dtype)
+    ys, xs = torch.meshgrid(torch.arange(tile_size, device=device), torch.arange(tile_size, device=device), indexing="ij")
+    local_xy = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).to(dtype) + 0.5  # pixel centres
+    busy = torch.nonzero(counts)[:, 0]
+    # Chunks of tiles with similar list lengths, so padding stays small.
+    busy = busy[torch.argsort(counts[busy])]
+    start = 0
+    results_feat, results_alpha, results_tiles = [], [], []
+    while start < len(busy):
+        end = start + 1
+        while end < len(busy) and (end - start + 1) * pix * int(counts[busy[end]]) <= chunk_elems:
+            end += 1
+        chunk = busy[start:end]
+        kmax = int(counts[chunk].max())
+        slot = torch.arange(kmax, device=device)
+        valid = slot[None] < counts[chunk][:, None]  # [T, K]
+        index = gauss[(offsets[chunk][:, None] + slot[None]).clamp(max=len(gauss) - 1)]  # [T, K]
+        origin = torch.stack([chunk % tiles_x, chunk // tiles_x], -1).to(dtype) * tile_size  # [T, 2]
+        pixels = origin[:, None] + local_xy[None]  # [T, P, 2]
+        d = pixels[:, :, None] - means2d[index][:, None]  # [T, P, K, 2]
+        con = conics[index][:, None]  # [T, 1, K, 3]
+        sigma = 0.5 * (con[..., 0] * d[..., 0] ** 2 + con[..., 2] * d[..., 1] ** 2) + con[..., 1] * d[..., 0] * d[..., 1]
+        alpha = (opacities[index][:, None] * torch.exp(-sigma)).clamp(max=ALPHA_MAX)
+        keep = valid[:, None] & (sigma >= 0) & (alpha >= ALPHA_MIN)
+        alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
+        trans = torch.cumprod(1 - alpha, dim=-1)
+        before = torch.cat([torch.ones_like(trans[..., :1]), trans[..., :-1]], -1)
+        # gsplat stops a pixel before the Gaussian that would take its transmittance to T_MIN or
+        # below; transmittance only falls, so that is every Gaussian whose own `trans` is that low.
+        weight = torch.where(trans > T_MIN, alpha * before, torch.zeros_like(alpha))
+        results_feat.append(torch.einsum("tpk,tkf->tpf", weight, features[index]))
+        results_alpha.append(weight.sum(-1))
+        results_tiles.append(chunk)
+        start = end
+    if results_tiles:
+        done = torch.cat(results_tiles)
+        out_feat = out_feat.index_put((done,), torch.cat(results_feat))
+        out_alpha = out_alpha.index_put((done,), torch.cat(results_alpha))
+    # Tiles -> image.
+    out_feat = out_feat.view(tiles_y, tiles_x, tile_size, tile_size, 4).permute(0, 2, 1, 3, 4).reshape(tiles_y * tile_size, tiles_x * tile_size, 4)
+    out_alpha = out_alpha.view(tiles_y, tiles_x, tile_size, tile_size).permute(0, 2, 1, 3).reshape(tiles_y * tile_size, tiles_x * tile_size)
+    feat, alpha = out_feat[:height, :width], out_alpha[:height, :width, None]
+    rgb_img = feat[..., :3] + (1 - alpha) * background
+    depth = feat[..., 3:4] / alpha.clamp(min=1e-10)
+    return rgb_img, alpha, depth
