@@ -1,0 +1,1 @@
+"""Gaussian avatars: reconstruction, fitting, animation, export."""

@@ -1,0 +1,153 @@
+"""A Gaussian avatar bound to a parametric body mesh.
+
+Each Gaussian lives on one triangle of the body: barycentric coordinates, an offset along the
+triangle's normal, and a rotation expressed in the triangle's frame. Posing the body (linear blend
+skinning of its vertices) moves and turns the triangles, and the Gaussians with them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import Tensor
+
+from avatar_ops.body.base import BodyModel
+from avatar_ops.render.gaussians import Cameras, Render, rasterize
+
+
+def quat_to_matrix(q: Tensor) -> Tensor:
+    """[..., 4] (w, x, y, z) -> [..., 3, 3]."""
+    q = q / q.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    w, x, y, z = q.unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], -1).reshape(q.shape[:-1] + (3, 3))  # fmt: skip
+
+
+def matrix_to_quat(m: Tensor) -> Tensor:
+    """[..., 3, 3] -> [..., 4] (w, x, y, z)."""
+    from avatar_ops.body.rotations import matrix_to_quaternion
+
+    return matrix_to_quaternion(m)
+
+
+def triangle_frames(vertices: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
+    """[B, V, 3] vertices -> per-face [B, F, 3, 3] frames (columns: edge, bitangent, normal) and
+    [B, F] areas."""
+    v0, v1, v2 = (vertices[:, faces[:, i]] for i in range(3))
+    e1, e2 = v1 - v0, v2 - v0
+    cross = torch.linalg.cross(e1, e2, dim=-1)
+    area = 0.5 * cross.norm(dim=-1)
+    normal = cross / cross.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    tangent = e1 / e1.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    bitangent = torch.linalg.cross(normal, tangent, dim=-1)
+    return torch.stack([tangent, bitangent, normal], -1), area
+
+
+@dataclasses.dataclass
+class GaussianAvatar:
+    """Gaussians bound to a body.
+
+    Attributes:
+        body_model: ``anny`` or ``smplx`` (the body the avatar was built on).
+        shape: [S] the subject's body shape.
+        face: [N] parent triangle of each Gaussian.
+        bary: [N, 3] barycentric coordinates in it.
+        offset: [N] metres along the triangle's normal.
+        rotation: [N, 4] quaternion (w, x, y, z) in the triangle's frame.
+        log_scale: [N, 3] log standard deviations (metres) along the rotated axes.
+        opacity_logit: [N] opacity before the sigmoid.
+        color: [N, 3] linear RGB in [0, 1].
+        source_pose, source_transl, source_K, width, height: the photo's fitted pose (camera
+            frame, SMPL-X axis-angle), translation and camera.
+    """
+
+    body_model: str
+    shape: Tensor
+    face: Tensor
+    bary: Tensor
+    offset: Tensor
+    rotation: Tensor
+    log_scale: Tensor
+    opacity_logit: Tensor
+    color: Tensor
+    source_pose: Tensor
+    source_transl: Tensor
+    source_K: Tensor
+    width: int
+    height: int
+
+    TENSORS = ("shape", "face", "bary", "offset", "rotation", "log_scale", "opacity_logit", "color", "source_pose", "source_transl", "source_K")
+
+    def __len__(self) -> int:
+        return int(self.face.shape[0])
+
+    def to(self, device) -> GaussianAvatar:
+        return dataclasses.replace(self, **{k: getattr(self, k).to(device) for k in self.TENSORS})
+
+    def detach(self) -> GaussianAvatar:
+        return dataclasses.replace(self, **{k: getattr(self, k).detach().clone() for k in self.TENSORS})
+
+    def posed(self, body: BodyModel, pose: Tensor, transl: Tensor | None = None) -> dict[str, Tensor]:
+        """World-space Gaussians for [B, 55, 3] poses: ``means`` [B, N, 3], ``quats`` [B, N, 4],
+        ``scales`` [N, 3], ``opacities`` [N], ``colors`` [N, 3]."""
+        if body.name != self.body_model:
+            raise ValueError(f"This avatar was built on the {self.body_model!r} body, got a {body.name!r} body.")
+        batch = pose.shape[0]
+        out = body(self.shape[None].expand(batch, -1), pose, transl)
+        frames, _ = triangle_frames(out.vertices, body.faces)
+        corners = out.vertices[:, body.faces[self.face]]  # [B, N, 3, 3]
+        frame = frames[:, self.face]  # [B, N, 3, 3]
+        means = (self.bary[None, :, :, None] * corners).sum(2) + self.offset[None, :, None] * frame[..., 2]
+        quats = matrix_to_quat(frame @ quat_to_matrix(self.rotation)[None])
+        return {
+            "means": means, "quats": quats, "scales": self.log_scale.exp(),
+            "opacities": torch.sigmoid(self.opacity_logit), "colors": self.color.clamp(0, 1),
+        }  # fmt: skip
+
+    def render(self, body: BodyModel, pose: Tensor, transl: Tensor | None, cameras: Cameras, background: Tensor | None = None) -> Render:
+        """Render pose b into camera b (``len(cameras) == B``), or one pose into every camera."""
+        g = self.posed(body, pose, transl)
+        if pose.shape[0] == 1:
+            return rasterize(g["means"][0], g["quats"][0], g["scales"], g["opacities"], g["colors"], cameras, background)
+        if pose.shape[0] != len(cameras):
+            raise ValueError(f"{pose.shape[0]} poses need 1 or {pose.shape[0]} cameras, got {len(cameras)}.")
+        renders = [rasterize(g["means"][b], g["quats"][b], g["scales"], g["opacities"], g["colors"], cameras[b : b + 1], background) for b in range(pose.shape[0])]
+        return Render(*(torch.cat([getattr(r, f) for r in renders]) for f in ("rgb", "alpha", "depth")))
+
+    def source_camera(self, scale: float = 1.0) -> Cameras:
+        """The photo's camera (at the origin), images ``scale`` times the photo's size."""
+        return Cameras(torch.eye(4, device=self.source_K.device)[None], self.source_K[None].clone(), self.width, self.height).scaled(scale)
+
+
+def look_at(eye: Tensor, target: Tensor, up: Tensor | None = None) -> Tensor:
+    """[3] camera position and target -> [4, 4] world-to-camera (OpenCV axes, world y up)."""
+    up = torch.tensor([0.0, 1.0, 0.0], dtype=eye.dtype, device=eye.device) if up is None else up
+    forward = (target - eye) / (target - eye).norm()
+    right = torch.linalg.cross(forward, up, dim=-1)
+    right = right / right.norm().clamp(min=1e-9)
+    down = torch.linalg.cross(forward, right, dim=-1)
+    rot = torch.stack([right, down, forward])
+    view = torch.eye(4, dtype=eye.dtype, device=eye.device)
+    view[:3, :3] = rot
+    view[:3, 3] = -rot @ eye
+    return view
+
+
+def orbit_cameras(n_views: int, target: Tensor, distance: float, elevation_deg: float, size: int, fov_deg: float = 40.0, start_deg: float = 0.0) -> Cameras:
+    """``n_views`` cameras on a circle around ``target`` (world y up), the first in front (+z)."""
+    if n_views < 1:
+        raise ValueError(f"`n_views` must be >= 1, got {n_views}.")
+    views = []
+    elev = math.radians(elevation_deg)
+    for i in range(n_views):
+        azim = math.radians(start_deg) + 2 * math.pi * i / n_views
+        offset = torch.tensor([math.sin(azim) * math.cos(elev), math.sin(elev), math.cos(azim) * math.cos(elev)], dtype=target.dtype) * distance
+        views.append(look_at(target + offset, target))
+    f = 0.5 * size / math.tan(math.radians(fov_deg) / 2)
+    k = torch.tensor([[f, 0.0, size / 2], [0.0, f, size / 2], [0.0, 0.0, 1.0]], dtype=target.dtype)
+    return Cameras(torch.stack(views), k.expand(n_views, 3, 3).clone(), size, size)
