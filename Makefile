@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/avatar-forge track samples/*.jpg samples/*.png -o out/track
-	@echo "results: $(CURDIR)/out/track (<photo>.json fitted parameters, <photo>_overlay.png)"
+	$(VENV)/bin/avatar-forge generate samples/*.jpg samples/*.png -o out/avatars --preset preview
+	$(VENV)/bin/avatar-forge animate out/avatars/man_hoodie_masked --motion wave -o out/avatars/man_hoodie_masked/wave.gif
+	@echo "results: $(CURDIR)/out/avatars/<photo>/ (avatar.safetensors, avatar.ply, preview.png, turntable.gif)"
 
 test: setup
 	$(LOOPBACK) $(VENV)/bin/pytest -q

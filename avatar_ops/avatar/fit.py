@@ -43,10 +43,17 @@ class FitConfig(FrozenConfig):
     laplacian_weight: float = Field(1.0, ge=0, description="Weight of the offset and colour smoothness between neighbours.")
     min_scale: float = Field(0.001, gt=0, description="Smallest Gaussian scale (metres) before the bound penalty.")
     max_scale: float = Field(0.05, gt=0, description="Largest Gaussian scale (metres) before the bound penalty.")
+    iters: int | None = Field(None, ge=0, description="Overrides the preset's iterations.")
+    resolution: int | None = Field(None, ge=16, description="Overrides the preset's supervision resolution (longer side, pixels).")
 
     @property
     def settings(self) -> dict:
-        return PRESETS[self.preset]
+        settings = dict(PRESETS[self.preset])
+        if self.iters is not None:
+            settings["iters"] = self.iters
+        if self.resolution is not None:
+            settings["resolution"] = self.resolution
+        return settings
 
 
 @dataclasses.dataclass

@@ -1,0 +1,60 @@
+"""Rendering an avatar in new poses and around an orbit, in the body's canonical frame (y up,
+facing +z, pelvis near the origin)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from avatar_ops.avatar.model import GaussianAvatar, orbit_cameras
+from avatar_ops.body.base import BodyModel
+from avatar_ops.motion import Motion
+from avatar_ops.render.gaussians import Cameras
+
+
+def canonical_pose(avatar: GaussianAvatar) -> torch.Tensor:
+    """[1, 55, 3] the photo's pose, upright and facing +z (global orientation removed)."""
+    pose = avatar.source_pose.clone()[None]
+    pose[:, 0] = 0.0
+    return pose
+
+
+def _centre(avatar: GaussianAvatar, body: BodyModel, pose: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        joints = body(avatar.shape[None], pose[:1]).joints[0]
+    return joints[0]
+
+
+def turntable(avatar: GaussianAvatar, body: BodyModel, n_views: int = 24, size: int = 256, elevation_deg: float = 5.0, distance: float = 3.2, background=None) -> tuple[np.ndarray, Cameras]:
+    """[n_views, size, size, 3] uint8 frames of the avatar in its photo pose on an orbit, and the cameras."""
+    pose = canonical_pose(avatar)
+    cams = orbit_cameras(n_views, _centre(avatar, body, pose), distance, elevation_deg, size)
+    return render_frames(avatar, body, pose, torch.zeros(1, 3), cams, background), cams
+
+
+def animate(avatar: GaussianAvatar, body: BodyModel, motion: Motion, size: int = 256, distance: float = 3.2, max_frames: int | None = None, background=None) -> np.ndarray:
+    """[T, size, size, 3] uint8 frames of the avatar following ``motion`` (camera fixed in front)."""
+    pose, transl = motion.pose, motion.transl
+    if max_frames is not None:
+        pose, transl = pose[:max_frames], transl[:max_frames]
+    pose = pose.clone()
+    pose[:, 25:] = avatar.source_pose[25:]  # hands keep the photo's pose where the clip has none
+    pose = pose.to(avatar.shape.device)
+    transl = (transl - transl[:1]).to(avatar.shape.device)
+    target = _centre(avatar, body, pose)
+    cams = orbit_cameras(1, target, distance, 5.0, size)
+    cams = Cameras(cams.viewmats.expand(len(pose), 4, 4).clone(), cams.Ks.expand(len(pose), 3, 3).clone(), size, size)
+    return render_frames(avatar, body, pose, transl, cams, background)
+
+
+def render_frames(avatar: GaussianAvatar, body: BodyModel, pose: torch.Tensor, transl: torch.Tensor, cams: Cameras, background=None, chunk: int = 8) -> np.ndarray:
+    background = torch.ones(3) if background is None else torch.as_tensor(background, dtype=torch.float32)
+    frames = []
+    with torch.no_grad():
+        for start in range(0, len(cams), chunk):
+            sl = slice(start, start + chunk)
+            p = pose if pose.shape[0] == 1 else pose[sl]
+            t = transl if transl.shape[0] == 1 else transl[sl]
+            out = avatar.render(body, p, t, cams[sl], background.to(p.device))
+            frames.append((out.rgb.clamp(0, 1) * 255).round().byte().cpu().numpy())
+    return np.concatenate(frames)

@@ -1,0 +1,199 @@
+"""Gaussian avatars on a real photo: reconstruction covers the person and fills what the photo does
+not see, skinning carries the Gaussians, fitting improves the match, export and animation work."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from avatar_ops.avatar.animate import animate, canonical_pose, turntable
+from avatar_ops.avatar.export import avatar_from_bytes, avatar_to_bytes, export_avatar, ply_bytes
+from avatar_ops.avatar.fit import FitConfig, FittingOperator, PseudoLabel
+from avatar_ops.avatar.model import orbit_cameras, triangle_frames
+from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructionOperator, ReconstructResult
+from avatar_ops.body.base import SMPLX_JOINT_NAMES
+from avatar_ops.io.image import decode_image
+from avatar_ops.motion import bundled_clips, load_motion
+from avatar_ops.tracking.operator import TrackInput
+
+PHOTOS = ["man_hoodie_masked.png", "woman_dress_fullbody.jpg"]
+
+
+@pytest.fixture(scope="module")
+def tracked(tracker, samples_dir):
+    images = [decode_image((samples_dir / name).read_bytes()) for name in PHOTOS]
+    results = tracker([TrackInput(image) for image in images])
+    return {name: (result, image.rgb) for name, result, image in zip(PHOTOS, results, images)}
+
+
+@pytest.fixture(scope="module")
+def reconstructed(tracked, anny_body):
+    op = ReconstructionOperator(ReconstructConfig(num_gaussians=5000), anny_body)
+    return dict(zip(PHOTOS, op([tracked[name] for name in PHOTOS])))
+
+
+@pytest.fixture(scope="module")
+def fitted(reconstructed, tracked, anny_body):
+    rec = reconstructed[PHOTOS[0]]
+    op = FittingOperator(FitConfig(preset="preview", iters=25, resolution=128), anny_body)
+    return op([(rec, tracked[PHOTOS[0]][1], [])])[0]
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_reconstruction_covers_the_person(reconstructed, name):
+    rec = reconstructed[name]
+    assert isinstance(rec, ReconstructResult), rec
+    q = rec.quality
+    assert q["mask_coverage"] >= 0.9, q  # clothing and hair included
+    assert q["mask_iou"] >= 0.7, q
+    assert 0.2 < q["seen_fraction"] < 0.7, q  # about the front half of the body
+
+
+def test_clothing_push_out_is_what_covers_the_dress(tracked, anny_body, reconstructed):
+    flat = ReconstructionOperator(ReconstructConfig(num_gaussians=5000, max_offset=0.0), anny_body)([tracked[PHOTOS[1]]])[0]
+    pushed = reconstructed[PHOTOS[1]]
+    assert pushed.quality["mask_coverage"] > flat.quality["mask_coverage"] + 0.03, (pushed.quality, flat.quality)
+    assert flat.quality["pushed_fraction"] == 0.0
+
+
+def test_unseen_surface_is_filled_from_what_is_seen(reconstructed, anny_body):
+    rec = reconstructed[PHOTOS[0]]
+    avatar = rec.avatar
+    seen_colors = avatar.color[rec.seen]
+    unseen_colors = avatar.color[~rec.seen]
+    assert len(unseen_colors) > 0
+    # Every unseen colour is a blend of seen colours: inside their range, not a default value.
+    assert (unseen_colors >= seen_colors.min(0).values - 1e-5).all() and (unseen_colors <= seen_colors.max(0).values + 1e-5).all()
+    # The back, rendered from behind, is as opaque as the front and has the same overall colour.
+    frames, _ = turntable(avatar, anny_body, n_views=2, size=96)
+    front, back = frames[0].astype(float) / 255, frames[1].astype(float) / 255
+    front_fg = (front < 0.98).any(-1)
+    back_fg = (back < 0.98).any(-1)
+    assert back_fg.sum() > 0.8 * front_fg.sum()
+    assert abs(front[front_fg].mean() - back[back_fg].mean()) < 0.15
+
+
+def test_gaussians_ride_on_the_skinned_mesh(reconstructed, anny_body):
+    avatar = reconstructed[PHOTOS[0]].avatar
+    pose = canonical_pose(avatar)
+    raised = pose.clone()
+    raised[0, SMPLX_JOINT_NAMES.index("left_shoulder")] = torch.tensor([0.0, 0.0, 1.0])
+    with torch.no_grad():
+        a = avatar.posed(anny_body, pose)
+        b = avatar.posed(anny_body, raised)
+        out = anny_body(avatar.shape[None], raised)
+    moved = (a["means"][0] - b["means"][0]).norm(dim=1)
+    weights = anny_body.skinning_weights
+    arm_bones = [i for i, n in enumerate(anny_body.joint_names) if any(k in n for k in ("upperarm", "lowerarm", "wrist", "finger", "metacarpal")) and n.endswith(".L")]
+    arm_vertex = weights[:, arm_bones].sum(1) > 0.9
+    on_arm = arm_vertex[anny_body.faces[avatar.face]].all(1)
+    on_legs = torch.tensor(["leg" in anny_body.joint_names[j] or "foot" in anny_body.joint_names[j] for j in weights.argmax(1).tolist()])[anny_body.faces[avatar.face]].all(1)
+    assert on_arm.sum() > 50 and moved[on_arm].min() > 0.05  # the arm's Gaussians follow the arm
+    assert moved[on_legs].max() < 1e-4  # the legs' do not move
+    # Each Gaussian sits at its offset above its triangle's plane.
+    frames, _ = triangle_frames(out.vertices, anny_body.faces)
+    corner = out.vertices[0, anny_body.faces[avatar.face, 0]]
+    height = ((b["means"][0] - corner) * frames[0, avatar.face, :, 2]).sum(1)
+    torch.testing.assert_close(height, avatar.offset, atol=1e-4, rtol=0)
+
+
+def test_fitting_improves_the_photo_match(fitted, reconstructed):
+    q = fitted.quality
+    assert q["psnr"] > q["psnr_before"] + 3.0, q
+    assert q["alpha_iou"] >= 0.85, q
+    assert torch.isfinite(fitted.avatar.color).all() and fitted.avatar.color.min() >= 0 and fitted.avatar.color.max() <= 1
+
+
+def test_fitting_uses_pseudo_label_views(reconstructed, tracked, anny_body):
+    rec = reconstructed[PHOTOS[0]]
+    avatar = rec.avatar
+    cams = orbit_cameras(1, torch.tensor([0.0, 0.0, 0.0]), 3.0, 0.0, 64, start_deg=30.0)
+    pose = canonical_pose(avatar)
+    with torch.no_grad():
+        target = avatar.render(anny_body, pose, torch.zeros(1, 3), cams)
+    # A pseudo-label that says the avatar is red from 30 degrees: fitting must move towards it.
+    red = torch.zeros_like(target.rgb[0])
+    red[..., 0] = 1.0
+    label = PseudoLabel(image=red, mask=target.alpha[0, ..., 0], camera=cams, pose=pose[0], transl=torch.zeros(3), weight=1.0)
+    op = FittingOperator(FitConfig(iters=10, resolution=64), anny_body)
+    with_label = op([(rec, tracked[PHOTOS[0]][1], [label])])[0]
+    without = op([(rec, tracked[PHOTOS[0]][1], [])])[0]
+    assert with_label.quality["pseudo_labels"] == 1.0
+    redness = lambda a: float((a.color[:, 0] - a.color[:, 1:].mean(1)).mean())  # noqa: E731
+    assert redness(with_label.avatar) > redness(without.avatar) + 0.02
+
+
+def test_export_bundle_ply_and_previews(fitted, anny_body, tmp_path):
+    from plyfile import PlyData
+
+    avatar = fitted.avatar
+    files = export_avatar(avatar, anny_body, str(tmp_path / "a"), turntable_views=4, preview_size=64)
+    assert set(files) == {"avatar.safetensors", "avatar.json", "avatar.ply", "preview.png", "turntable.gif"}
+    ply = PlyData.read(str(tmp_path / "a" / "avatar.ply"))
+    vertex = ply["vertex"]
+    assert vertex.count == len(avatar)
+    for field in ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"):
+        assert field in vertex.data.dtype.names
+    np.testing.assert_allclose(vertex["opacity"], avatar.opacity_logit.numpy(), rtol=1e-6)
+    back = avatar_from_bytes((tmp_path / "a" / "avatar.safetensors").read_bytes())
+    for name in avatar.TENSORS:
+        torch.testing.assert_close(getattr(back, name), getattr(avatar, name))
+    assert ply_bytes(back, anny_body) == ply_bytes(avatar, anny_body)
+    from PIL import Image
+
+    gif = Image.open(tmp_path / "a" / "turntable.gif")
+    assert gif.n_frames == 4 and gif.size == (64, 64)
+    with pytest.raises(ValueError, match="not an avatar bundle"):
+        from safetensors.torch import save
+
+        avatar_from_bytes(save({"x": torch.zeros(1)}))
+
+
+def test_bundled_clips_animate_the_avatar(fitted, anny_body):
+    assert {"walk", "wave"} <= set(bundled_clips())
+    for name in ("walk", "wave"):
+        motion = load_motion(name)
+        assert len(motion) >= 30 and motion.pose.shape[1:] == (55, 3)
+        frames = animate(fitted.avatar, anny_body, motion, size=48, max_frames=24)
+        assert frames.shape == (24, 48, 48, 3) and frames.dtype == np.uint8
+        change = np.abs(frames[len(frames) // 3].astype(int) - frames[0].astype(int)).mean()
+        assert change > 0.5, name  # the avatar moves
+        assert (frames[0] < 250).any(-1).mean() > 0.05  # and is visible
+
+
+def test_motion_files_in_amass_layouts(tmp_path):
+    frames = 5
+    orient = np.zeros((frames, 3), np.float32)
+    body = np.zeros((frames, 63), np.float32)
+    body[:, 3 * 3] = 0.5  # left knee (joint 4) in body_pose's 21 joints
+    buf = io.BytesIO()
+    np.savez(buf, global_orient=orient, body_pose=body, trans=np.zeros((frames, 3), np.float32), up_axis=np.str_("z"))
+    motion = load_motion(buf.getvalue())
+    assert len(motion) == frames and math.isclose(float(motion.pose[0, 4, 0]), 0.5)
+    # z-up clips are turned y-up: an identity root becomes -90 degrees about x.
+    torch.testing.assert_close(motion.pose[0, 0], torch.tensor([-math.pi / 2, 0.0, 0.0]))
+    poses = np.zeros((frames, 156), np.float32)  # SMPL-H layout: 52 joints
+    path = tmp_path / "clip.npz"
+    np.savez(path, poses=poses, mocap_framerate=np.float32(60))
+    assert load_motion(str(path)).fps == 60.0
+    bad = io.BytesIO()
+    np.savez(bad, poses=np.array([{"evil": 1}], dtype=object))
+    with pytest.raises(ValueError, match="pickled"):
+        load_motion(bad.getvalue())
+    with pytest.raises(ValueError, match="bundled clip"):
+        load_motion("no_such_clip")
+    with pytest.raises(ValueError, match="`poses` must be"):
+        b = io.BytesIO()
+        np.savez(b, poses=np.zeros((3, 10), np.float32))
+        load_motion(b.getvalue())
+
+
+def test_bundle_round_trips_through_bytes(reconstructed):
+    avatar = reconstructed[PHOTOS[0]].avatar
+    data, meta = avatar_to_bytes(avatar)
+    assert meta["num_gaussians"] == len(avatar)
+    assert len(avatar_from_bytes(data)) == len(avatar)
