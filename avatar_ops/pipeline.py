@@ -69,6 +69,6 @@ class AvatarPipeline:
         t = time.perf_counter()
         quality = {**{f"track_{k}": v for k, v in track.quality.items()}, **{f"reconstruct_{k}": v for k, v in rec.quality.items()}, **{f"fit_{k}": v for k, v in fitted.quality.items()}}
         extra = {"source": source, "preset": self.preset, "tracking": track.to_json(), "quality": quality}
-        files = export_avatar(fitted.avatar, self.tracker.body, out_dir, extra=extra)
+        files = export_avatar(fitted.avatar, self.tracker.body, out_dir, extra=extra, photo=decoded.rgb)
         seconds["export"] = time.perf_counter() - t
         return Outcome(source, "ok", files=files, seconds=seconds, quality=quality)

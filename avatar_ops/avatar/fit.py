@@ -25,7 +25,7 @@ from avatar_ops.types import FrozenConfig
 
 PRESETS = {
     # longer side of the supervision images, Gaussians, iterations
-    "preview": {"resolution": 160, "num_gaussians": 6000, "iters": 40},
+    "preview": {"resolution": 160, "num_gaussians": 6000, "iters": 60},
     "standard": {"resolution": 320, "num_gaussians": 20000, "iters": 200},
     "high": {"resolution": 512, "num_gaussians": 50000, "iters": 600},
 }
@@ -35,7 +35,7 @@ class FitConfig(FrozenConfig):
     """Optimisation of the Gaussians. ``preset`` sets resolution, Gaussian count and iterations."""
 
     preset: Literal["preview", "standard", "high"] = Field("preview", description="Quality preset.")
-    lr: float = Field(0.01, gt=0, description="Adam learning rate (scaled per parameter group).")
+    lr: float = Field(0.02, gt=0, description="Adam learning rate (scaled per parameter group).")
     ssim_weight: float = Field(0.2, ge=0, le=1, description="Weight of D-SSIM against L1.")
     alpha_weight: float = Field(1.0, ge=0, description="Weight of the alpha-vs-mask term.")
     pseudo_label_weight: float = Field(0.3, ge=0, description="Default weight of a pseudo-label view (the photo weighs 1).")
@@ -98,19 +98,19 @@ def _ssim(a: Tensor, b: Tensor, window: int = 7) -> Tensor:
 
 
 def psnr(a: Tensor, b: Tensor, mask: Tensor) -> float:
-    """PSNR (dB) of [H, W, 3] images inside a [H, W] mask."""
-    m = mask[..., None].expand_as(a)
+    """PSNR (dB) of [H, W, 3] images over the pixels where the [H, W] mask is above one half."""
+    m = (mask > 0.5)[..., None].expand_as(a).float()
     mse = ((a - b) ** 2 * m).sum() / m.sum().clamp(min=1)
     return float(-10 * torch.log10(mse.clamp(min=1e-10)))
 
 
 def _view_loss(render, image: Tensor, mask: Tensor, cfg: FitConfig) -> Tensor:
+    """The render (over black) against the matted photo (photo x mask, black elsewhere), over the
+    whole frame, so soft mask edges ask for soft avatar edges."""
     rgb, alpha = render.rgb[0], render.alpha[0, ..., 0]
-    m = mask[..., None]
-    l1 = ((rgb - image).abs() * m).sum() / m.sum().clamp(min=1) / 3
-    masked_a = (rgb * m).permute(2, 0, 1)[None]
-    masked_b = (image * m).permute(2, 0, 1)[None]
-    dssim = 1 - _ssim(masked_a, masked_b)
+    target = image * mask[..., None]
+    l1 = (rgb - target).abs().mean()
+    dssim = 1 - _ssim(rgb.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None])
     return (1 - cfg.ssim_weight) * l1 + cfg.ssim_weight * dssim + cfg.alpha_weight * (alpha - mask).abs().mean()
 
 
@@ -162,7 +162,7 @@ class FittingOperator:
 
         with torch.no_grad():
             before = avatar.render(body, avatar.source_pose[None], avatar.source_transl[None], cams)
-            psnr_before = psnr(before.rgb[0], image, mask)
+            psnr_before = psnr(before.rgb[0], image * mask[..., None], mask)
         for _ in range(settings["iters"]):
             opt.zero_grad()
             a = current()
@@ -182,7 +182,7 @@ class FittingOperator:
             after = fitted.render(body, fitted.source_pose[None], fitted.source_transl[None], cams)
         quality = {
             "psnr_before": psnr_before,
-            "psnr": psnr(after.rgb[0], image, mask),
+            "psnr": psnr(after.rgb[0], image * mask[..., None], mask),
             "alpha_iou": float(((after.alpha[0, ..., 0] > 0.5) & (mask > 0.5)).sum() / ((after.alpha[0, ..., 0] > 0.5) | (mask > 0.5)).sum().clamp(min=1)),
             "pseudo_labels": float(len(labels)),
         }
