@@ -1,21 +1,66 @@
 """Photo -> avatar files: decode, track, reconstruct, fit, export, with per-stage timings.
 
-The batch job and the online API call the same operators; this module chains them for one
-process (the ``generate`` command).
+:class:`PipelineConfig` says what every stage computes; the batch job, the online API and the
+``generate`` command all build their operators from it. :class:`AvatarPipeline` chains the
+operators in one process.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
 
 from avatar_ops.avatar.export import export_avatar
 from avatar_ops.avatar.fit import PRESETS, FitConfig, FittingOperator
 from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructionOperator, ReconstructResult
 from avatar_ops.io import storage
-from avatar_ops.io.image import DecodeConfig, decode_image
-from avatar_ops.tracking.operator import TrackingConfig, TrackingOperator, TrackInput
-from avatar_ops.types import Rejected
+from avatar_ops.io.image import DecodeConfig, DecodedImage, decode_image
+from avatar_ops.tracking.operator import TrackingConfig, TrackingOperator, TrackInput, TrackResult
+from avatar_ops.types import FrozenConfig, Rejected
+
+
+class ExportConfig(FrozenConfig):
+    """What ``export`` writes besides the bundle and the PLYs."""
+
+    turntable_views: int = Field(24, ge=1, description="Frames of turntable.gif.")
+    preview_size: int = Field(256, ge=16, description="Side of the previews in pixels.")
+    clip: str = Field("wave", description="Bundled clip (or .npz path) for animation.gif.")
+    animation_frames: int = Field(30, ge=1, description="Frames of animation.gif.")
+
+
+class PipelineConfig(FrozenConfig):
+    """Everything that decides an avatar's content (hashed into avatar ids)."""
+
+    preset: Literal["preview", "standard", "high"] = Field("preview", description="Quality preset: resolution, Gaussians, iterations.")
+    num_gaussians: int | None = Field(None, ge=100, description="Overrides the preset's Gaussian count.")
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    reconstruct: ReconstructConfig = Field(default_factory=ReconstructConfig, description="num_gaussians here is ignored: the preset (or `num_gaussians`) sets it.")
+    fit: FitConfig = Field(default_factory=FitConfig, description="preset here is ignored: the pipeline's preset sets it.")
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    def reconstruct_config(self) -> ReconstructConfig:
+        return self.reconstruct.model_copy(update={"num_gaussians": self.num_gaussians or PRESETS[self.preset]["num_gaussians"]})
+
+    def fit_config(self) -> FitConfig:
+        return self.fit.model_copy(update={"preset": self.preset})
+
+    def digest(self) -> str:
+        """A stable hash of the content-deciding settings (device excluded)."""
+        data = self.model_dump(mode="json")
+        data["tracking"].pop("device", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def avatar_id(data: bytes, config_digest: str) -> str:
+    """Content id of a photo under a pipeline config."""
+    return hashlib.sha256(data + config_digest.encode()).hexdigest()[:20]
 
 
 @dataclasses.dataclass
@@ -32,26 +77,31 @@ class Outcome:
     quality: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
+def merged_quality(track: TrackResult, rec: ReconstructResult, fit_quality: dict) -> dict[str, float]:
+    return {**{f"track_{k}": v for k, v in track.quality.items()}, **{f"reconstruct_{k}": v for k, v in rec.quality.items()}, **{f"fit_{k}": v for k, v in fit_quality.items()}}
+
+
 class AvatarPipeline:
     """Operators built once; ``run(uri, out_dir)`` per photo."""
 
-    def __init__(self, tracking: TrackingConfig | None = None, preset: str = "preview", decode: DecodeConfig | None = None, fit_iters: int | None = None) -> None:
-        if preset not in PRESETS:
-            raise ValueError(f"`preset` must be one of {sorted(PRESETS)}, got {preset!r}.")
-        self.tracker = TrackingOperator.from_config(tracking)
+    def __init__(self, config: PipelineConfig | None = None) -> None:
+        self.config = config or PipelineConfig()
+        self.tracker = TrackingOperator.from_config(self.config.tracking)
         body = self.tracker.body
-        self.reconstructor = ReconstructionOperator(ReconstructConfig(num_gaussians=PRESETS[preset]["num_gaussians"]), body)
-        self.fitter = FittingOperator(FitConfig(preset=preset, iters=fit_iters), body)
-        self.decode = decode or DecodeConfig()
-        self.preset = preset
+        self.reconstructor = ReconstructionOperator(self.config.reconstruct_config(), body)
+        self.fitter = FittingOperator(self.config.fit_config(), body)
 
-    def run(self, source: str, out_dir: str, keypoints=None) -> Outcome:
+    def run(self, source: str, out_dir: str, keypoints: list[np.ndarray] | None = None) -> Outcome:
         seconds: dict[str, float] = {}
         t = time.perf_counter()
-        decoded = decode_image(storage.read_bytes(source), self.decode)
+        decoded = decode_image(storage.read_bytes(source), self.config.decode)
         seconds["decode"] = time.perf_counter() - t
         if isinstance(decoded, Rejected):
             return Outcome(source, "rejected", decoded.reason, decoded.detail, seconds=seconds)
+        return self.run_decoded(source, decoded, out_dir, keypoints, seconds)
+
+    def run_decoded(self, source: str, decoded: DecodedImage, out_dir: str, keypoints=None, seconds: dict | None = None) -> Outcome:
+        seconds = dict(seconds or {})
         t = time.perf_counter()
         track = self.tracker([TrackInput(decoded, keypoints)])[0]
         seconds["track"] = time.perf_counter() - t
@@ -62,13 +112,12 @@ class AvatarPipeline:
         seconds["reconstruct"] = time.perf_counter() - t
         if isinstance(rec, Rejected):
             return Outcome(source, "rejected", rec.reason, rec.detail, seconds=seconds)
-        assert isinstance(rec, ReconstructResult)
         t = time.perf_counter()
         fitted = self.fitter([(rec, decoded.rgb, [])])[0]
         seconds["fit"] = time.perf_counter() - t
         t = time.perf_counter()
-        quality = {**{f"track_{k}": v for k, v in track.quality.items()}, **{f"reconstruct_{k}": v for k, v in rec.quality.items()}, **{f"fit_{k}": v for k, v in fitted.quality.items()}}
-        extra = {"source": source, "preset": self.preset, "tracking": track.to_json(), "quality": quality}
-        files = export_avatar(fitted.avatar, self.tracker.body, out_dir, extra=extra, photo=decoded.rgb)
+        quality = merged_quality(track, rec, fitted.quality)
+        extra = {"source": source, "preset": self.config.preset, "config_digest": self.config.digest(), "tracking": track.to_json(), "quality": quality}
+        files = export_avatar(fitted.avatar, self.tracker.body, out_dir, extra=extra, photo=decoded.rgb, **self.config.export.model_dump())
         seconds["export"] = time.perf_counter() - t
         return Outcome(source, "ok", files=files, seconds=seconds, quality=quality)

@@ -75,10 +75,10 @@ def _one_preset(preset: str, device: str, photo: str) -> dict:
 
     import torch
 
-    from avatar_ops.pipeline import AvatarPipeline
+    from avatar_ops.pipeline import AvatarPipeline, PipelineConfig
     from avatar_ops.tracking.operator import TrackingConfig
 
-    pipeline = AvatarPipeline(TrackingConfig(device=device), preset=preset)
+    pipeline = AvatarPipeline(PipelineConfig(preset=preset, tracking=TrackingConfig(device=device)))
     with tempfile.TemporaryDirectory() as out:
         outcome = pipeline.run(photo, out)
     return {

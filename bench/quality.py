@@ -149,8 +149,13 @@ def main() -> None:
     from avatar_ops.tracking.operator import TrackingConfig, TrackingOperator, TrackInput
     from avatar_ops.tracking.smplify import project
 
+    from avatar_ops.tracking.smplify import FitConfig as BodyFitConfig
+
     body = build_body_model(BodyModelConfig(kind="anny"))
-    tracker = TrackingOperator(TrackingConfig(device="cpu"), body, detector=None)
+    fov_deg = 40.0
+    # The photo's focal length is known here, as with EXIF; the tracker is told it.
+    focal_factor = 0.5 / math.tan(math.radians(fov_deg) / 2)
+    tracker = TrackingOperator(TrackingConfig(device="cpu", fit=BodyFitConfig(focal_factor=focal_factor)), body, detector=None)
     reconstructor = ReconstructionOperator(ReconstructConfig(num_gaussians=PRESETS[args.preset]["num_gaussians"]), body)
     fitter = FittingOperator(FitConfig(preset=args.preset), body)
     per_view: dict[int, list[dict]] = {}
@@ -160,7 +165,7 @@ def main() -> None:
         shape, pose, palette = make_subject(body, s)
         with torch.no_grad():
             pelvis = body(shape, pose).joints[0, 0]
-        cams = orbit_cameras(8, pelvis, 3.0, 0.0, args.size, fov_deg=40.0)
+        cams = orbit_cameras(8, pelvis, 3.0, 0.0, args.size, fov_deg=fov_deg)
         truth, masks, posed = render_truth(body, shape, pose, palette, cams)
         # The front view is the photo; the ground-truth keypoints and the alpha go with it.
         view0 = cams.viewmats[0]
@@ -182,8 +187,15 @@ def main() -> None:
         # Camera i in the photo camera's frame (the avatar lives there).
         rel = cams.viewmats @ torch.linalg.inv(view0)
         rel_cams = Cameras(rel, cams.Ks, cams.width, cams.height)
+        # One photo cannot tell a larger body further away from a smaller one nearer: besides the
+        # raw figures, report them with the avatar's pelvis moved onto the true pelvis
+        # (translation only; orientation and pose stay as fitted).
         with torch.no_grad():
+            fitted_pelvis = body(avatar.shape[None], avatar.source_pose[None], avatar.source_transl[None]).joints[0, 0]
+            true_pelvis = pelvis @ view0[:3, :3].T + view0[:3, 3]
+            aligned_transl = avatar.source_transl + (true_pelvis - fitted_pelvis)
             pred = avatar.render(body, avatar.source_pose[None], avatar.source_transl[None], rel_cams)
+            aligned = avatar.render(body, avatar.source_pose[None], aligned_transl[None], rel_cams)
         rows = []
         for c in range(8):
             angle = round(360 * c / 8)
@@ -195,6 +207,11 @@ def main() -> None:
                 "ssim": round(float(_ssim(pred.rgb[c].clamp(0, 1).permute(2, 0, 1)[None], truth[c].permute(2, 0, 1)[None])), 4),
                 "silhouette_iou": round(float((pm & masks[c]).sum() / union.sum().clamp(min=1)), 3),
             }
+            am = aligned.alpha[c, ..., 0] > 0.5
+            aunion = (am | masks[c]).float()
+            entry["aligned_psnr_person"] = round(psnr(aligned.rgb[c].clamp(0, 1), truth[c], aunion), 2)
+            entry["aligned_ssim"] = round(float(_ssim(aligned.rgb[c].clamp(0, 1).permute(2, 0, 1)[None], truth[c].permute(2, 0, 1)[None])), 4)
+            entry["aligned_silhouette_iou"] = round(float((am & masks[c]).sum() / aunion.sum().clamp(min=1)), 3)
             rows.append(entry)
             per_view.setdefault(angle, []).append(entry)
         subjects.append({"subject": s, "status": "ok", "fit_s": round(fit_s, 1), "views": rows})
@@ -203,7 +220,7 @@ def main() -> None:
 
             args.save.mkdir(parents=True, exist_ok=True)
             top = np.concatenate(list(truth.numpy()), 1)
-            bottom = np.concatenate(list(pred.rgb.clamp(0, 1).numpy()), 1)
+            bottom = np.concatenate(list(aligned.rgb.clamp(0, 1).numpy()), 1)
             Image.fromarray((np.concatenate([top, bottom], 0) * 255).astype(np.uint8)).save(args.save / f"subject_{s}.png")
     summary = []
     for angle in sorted(per_view):
@@ -213,12 +230,13 @@ def main() -> None:
             "psnr_person": round(float(np.mean([r["psnr_person"] for r in rows])), 2),
             "ssim": round(float(np.mean([r["ssim"] for r in rows])), 4),
             "silhouette_iou": round(float(np.mean([r["silhouette_iou"] for r in rows])), 3),
+            **{k: round(float(np.mean([r[k] for r in rows])), 3) for k in ("aligned_psnr_person", "aligned_ssim", "aligned_silhouette_iou")},
         })  # fmt: skip
     novel = [r for r in summary if not r["input_view"]]
     report = {
         "preset": args.preset, "size": args.size, "subjects": len(subjects),
         "per_view": summary,
-        "novel_views_mean": {k: round(float(np.mean([r[k] for r in novel])), 3) for k in ("psnr_person", "ssim", "silhouette_iou")} if novel else {},
+        "novel_views_mean": {k: round(float(np.mean([r[k] for r in novel])), 3) for k in ("psnr_person", "ssim", "silhouette_iou", "aligned_psnr_person", "aligned_ssim", "aligned_silhouette_iou")} if novel else {},
         "per_subject": subjects, "wall_s": round(time.perf_counter() - t_start, 1),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }  # fmt: skip

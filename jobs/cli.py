@@ -107,10 +107,11 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from avatar_ops.avatar.fit import FitConfig
     from avatar_ops.io import storage
-    from avatar_ops.pipeline import AvatarPipeline
+    from avatar_ops.pipeline import AvatarPipeline, PipelineConfig
 
-    pipeline = AvatarPipeline(_tracking_config(args), preset=args.preset, fit_iters=args.fit_iters)
+    pipeline = AvatarPipeline(PipelineConfig(preset=args.preset, tracking=_tracking_config(args), fit=FitConfig(iters=args.fit_iters)))
     failures = 0
     for photo in args.photos:
         stem = Path(photo).stem

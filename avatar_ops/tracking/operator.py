@@ -90,6 +90,17 @@ class TrackResult:
             "quality": self.quality,
         }
 
+    @classmethod
+    def from_json(cls, data: dict, mask: np.ndarray) -> TrackResult:
+        """Inverse of :meth:`to_json` (the mask travels separately)."""
+        f32 = lambda key: np.asarray(data[key], dtype=np.float32)  # noqa: E731
+        return cls(
+            body_model=data["body_model"], shape=f32("shape"), pose=f32("pose"), transl=f32("transl"),
+            intrinsics=np.asarray(data["camera"]["intrinsics"], dtype=np.float32), width=int(data["camera"]["width"]),
+            height=int(data["camera"]["height"]), keypoints=f32("keypoints"), projected_keypoints=f32("projected_keypoints"),
+            mask=np.asarray(mask, dtype=bool), num_people=int(data["num_people"]), quality=dict(data["quality"]),
+        )  # fmt: skip
+
 
 class TrackingOperator:
     """``op(items) -> list[TrackResult | Rejected]``, one result per input, in order."""

@@ -1,0 +1,239 @@
+"""The batch avatar job on Ray Data.
+
+    read -> decode (CPU tasks) -> track -> reconstruct -> fit -> export (actor pools) -> manifest
+
+Inputs: a folder or prefix (local or ``s3://``; recursive; by extension) or a manifest file
+(``.parquet``, ``.csv``, ``.jsonl``) with ``uri`` and optional ``id`` and ``keypoints`` columns.
+A folder is listed in chunks into ``OUTPUT/_work/inputs.parquet`` so the driver never holds more
+than ``inputs.listing_chunk`` paths; for very large collections, write that manifest yourself.
+
+Outputs under OUTPUT: ``avatars/<id>/`` (the export files), ``manifest/manifest.parquet`` (one
+row per input), ``summary.json``, ``job_config.yaml``, and ``_rows/`` (each row's outcome,
+written as the row finishes: what makes reruns skip finished rows and survive lost nodes).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+
+from avatar_ops.io import storage
+from jobs.config import JobConfig
+from jobs.stages import OperatorStage, decode_batch
+
+log = logging.getLogger("avatar_forge.batch")
+
+MANIFEST_FIELDS = ("id", "source_uri", "status", "reason", "detail", "avatar_uri", "bundle_uri", "ply_uri", "preview_uri", "files",
+                   "seconds_decode", "seconds_track", "seconds_reconstruct", "seconds_fit", "seconds_export", "seconds_total",
+                   "psnr", "mask_iou", "quality", "config_digest", "content_id", "resumed")  # fmt: skip
+MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
+
+
+def _fs(uri: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(uri)
+
+
+def _arrow_fs(uri: str):
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = _fs(uri)
+    return PyFileSystem(FSSpecHandler(fs)), path
+
+
+def _walk(input_uri: str, extensions: tuple[str, ...]) -> Iterator[str]:
+    fs, root = _fs(input_uri)
+    if not fs.isdir(root):
+        raise ValueError(f"INPUT must be a folder, a prefix or a manifest ({', '.join(MANIFEST_SUFFIXES)}), got {input_uri!r}: not a folder.")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    for dirpath, _, files in fs.walk(root):
+        for name in sorted(files):
+            if name.lower().endswith(extensions):
+                path = f"{dirpath.rstrip('/')}/{name}"
+                yield path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+
+def write_listing(input_uri: str, output: str, config: JobConfig) -> str:
+    """List a folder into ``OUTPUT/_work/inputs.parquet`` chunk by chunk; returns its URI."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    uri = storage.join(output, "_work", "inputs.parquet")
+    schema = pa.schema([("row_index", pa.int64()), ("id", pa.string()), ("source_uri", pa.string()), ("options", pa.string())])
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "inputs.parquet")
+        count = 0
+        with pq.ParquetWriter(local, schema) as writer:
+            chunk: list[str] = []
+            for path in _walk(input_uri, tuple(e.lower() for e in config.inputs.extensions)):
+                chunk.append(path)
+                if len(chunk) >= config.inputs.listing_chunk:
+                    writer.write_table(pa.table({"row_index": range(count, count + len(chunk)), "id": [""] * len(chunk), "source_uri": chunk, "options": ["{}"] * len(chunk)}, schema=schema))
+                    count += len(chunk)
+                    chunk = []
+            if chunk:
+                writer.write_table(pa.table({"row_index": range(count, count + len(chunk)), "id": [""] * len(chunk), "source_uri": chunk, "options": ["{}"] * len(chunk)}, schema=schema))
+                count += len(chunk)
+        if count == 0:
+            raise ValueError(f"INPUT {input_uri!r} holds no files ending in {', '.join(config.inputs.extensions)}.")
+        with open(local, "rb") as handle:
+            storage.write_bytes(uri, handle.read())
+    return uri
+
+
+def _manifest_dataset(input_uri: str):
+    """A user manifest -> dataset with row_index, id, source_uri, options."""
+    import ray.data
+
+    fs, path = _arrow_fs(input_uri)
+    lower = input_uri.lower()
+    if lower.endswith(".parquet"):
+        ds = ray.data.read_parquet(path, filesystem=fs)
+    elif lower.endswith(".csv"):
+        ds = ray.data.read_csv(path, filesystem=fs)
+    else:
+        ds = ray.data.read_json(path, filesystem=fs, lines=True)
+    columns = set(ds.columns())
+    if "uri" not in columns:
+        raise ValueError(f"the manifest {input_uri!r} needs a `uri` column; it has {sorted(columns)}.")
+    extra = [c for c in columns if c not in ("id", "uri")]
+
+    def normalise(batch):
+        import numpy as np
+
+        n = len(batch["uri"])
+        ids = [str(v) if v is not None and str(v) not in ("", "nan", "None") else "" for v in batch.get("id", [""] * n)]
+        options = []
+        for i in range(n):
+            opts = {}
+            for c in extra:
+                value = batch[c][i]
+                if value is None or (isinstance(value, float) and np.isnan(value)):
+                    continue
+                opts[c] = value.item() if hasattr(value, "item") else value
+            options.append(json.dumps(opts, default=str))
+        return {"id": np.asarray(ids, dtype=object), "source_uri": np.asarray([str(u) for u in batch["uri"]], dtype=object), "options": np.asarray(options, dtype=object)}
+
+    ds = ds.map_batches(normalise, batch_format="numpy")
+    return ds
+
+
+def build_dataset(input_uri: str, output: str, config: JobConfig, limit: int | None = None):
+    import ray.data
+
+    if input_uri.lower().endswith(MANIFEST_SUFFIXES):
+        ds = _manifest_dataset(input_uri)
+    else:
+        fs, path = _arrow_fs(write_listing(input_uri, output, config))
+        ds = ray.data.read_parquet(path, filesystem=fs)
+    if limit is not None:
+        ds = ds.limit(limit)
+    config_json = config.pipeline.model_dump_json()
+    st = config.stages
+    retries = {"max_restarts": config.ray.max_restarts, "max_task_retries": config.ray.max_task_retries}
+    ds = ds.map_batches(decode_batch, fn_kwargs={"config_json": config_json, "output": output}, batch_size=st.decode.batch_size, num_cpus=st.decode.num_cpus, max_retries=config.ray.max_task_retries, batch_format="numpy")
+    for kind in ("track", "reconstruct", "fit", "export"):
+        res = getattr(st, kind)
+        ds = ds.map_batches(
+            OperatorStage, fn_constructor_kwargs={"kind": kind, "config_json": config_json, "output": output},
+            compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
+            batch_size=res.batch_size, num_cpus=res.num_cpus, num_gpus=res.num_gpus, batch_format="numpy", **retries,
+        )  # fmt: skip
+    return ds.drop_columns(["image", "track", "state", "options"])
+
+
+def _manifest_row(row: dict) -> dict:
+    files = json.loads(row.get("files") or "{}")
+    seconds = json.loads(row.get("seconds") or "{}")
+    quality = json.loads(row.get("quality") or "{}")
+    out = {
+        "id": row["id"], "source_uri": row["source_uri"], "status": row["status"], "reason": row["reason"], "detail": row["detail"],
+        "avatar_uri": os.path.dirname(files["avatar.safetensors"]) if "avatar.safetensors" in files else None,
+        "bundle_uri": files.get("avatar.safetensors"), "ply_uri": files.get("avatar.ply"), "preview_uri": files.get("preview.png"),
+        "files": json.dumps(files), "seconds_total": round(sum(seconds.values()), 4),
+        "psnr": quality.get("fit_psnr"), "mask_iou": quality.get("track_mask_iou"), "quality": json.dumps(quality),
+        "config_digest": row["config_digest"], "content_id": row.get("content_id") or None, "resumed": bool(row["resumed"]),
+    }  # fmt: skip
+    for stage in ("decode", "track", "reconstruct", "fit", "export"):
+        out[f"seconds_{stage}"] = seconds.get(stage)
+    return out
+
+
+def init_ray(config: JobConfig) -> bool:
+    """Connect (``ray.address`` or $RAY_ADDRESS) or start an embedded local Ray; returns whether
+    this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def run_job(input_uri: str, output: str, config: JobConfig | None = None, limit: int | None = None, progress: bool = True) -> dict:
+    """Run the job to completion (retrying whole attempts after infrastructure failures; finished
+    rows are skipped on each retry). Returns the summary."""
+    import ray
+    import ray.data
+
+    config = config or JobConfig()
+    started = time.time()
+    own_ray = init_ray(config)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    storage.write_bytes(storage.join(output, "job_config.yaml"), config.to_yaml().encode())
+    try:
+        last_error: Exception | None = None
+        for attempt in range(1, config.attempts + 1):
+            try:
+                rows = [_manifest_row(r) for r in build_dataset(input_uri, output, config, limit).iter_rows()]
+                break
+            except (ray.exceptions.RayError, ray.exceptions.RaySystemError, RuntimeError) as err:
+                last_error = err
+                log.warning("attempt %d of %d failed (%s: %s); rerunning, finished rows are kept", attempt, config.attempts, type(err).__name__, err)
+        else:
+            raise RuntimeError(f"the job failed {config.attempts} times; last error: {last_error}") from last_error
+    finally:
+        if own_ray:
+            ray.shutdown()
+    wall = time.time() - started
+    write_manifest(rows, output)
+    summary = summarise(rows, wall, input_uri, output, config)
+    storage.write_bytes(storage.join(output, "summary.json"), json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def write_manifest(rows: list[dict], output: str) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = sorted(rows, key=lambda r: (r["source_uri"], r["id"]))
+    table = pa.Table.from_pylist([{k: r.get(k) for k in MANIFEST_FIELDS} for r in rows]) if rows else pa.table({k: [] for k in MANIFEST_FIELDS})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    uri = storage.join(output, "manifest", "manifest.parquet")
+    storage.write_bytes(uri, sink.getvalue().to_pybytes())
+    return uri
+
+
+def summarise(rows: list[dict], wall: float, input_uri: str, output: str, config: JobConfig) -> dict:
+    statuses = collections.Counter(r["status"] for r in rows)
+    reasons = collections.Counter(f"{r['status']}:{r['reason']}" for r in rows if r["status"] != "ok")
+    computed = [r for r in rows if not r["resumed"]]
+    return {
+        "run_id": uuid.uuid4().hex[:12], "input": input_uri, "output": output, "rows": len(rows),
+        "statuses": dict(statuses), "reasons": dict(reasons), "resumed": len(rows) - len(computed),
+        "wall_seconds": round(wall, 2), "rows_per_second": round(len(computed) / wall, 4) if wall > 0 else None,
+        "config_digest": config.pipeline.digest(),
+    }  # fmt: skip

@@ -1,0 +1,76 @@
+"""The batch job's configuration: what to compute (``pipeline``, hashed into avatar ids) and how
+to schedule it (``stages``, ``ray``, ``attempts``; not hashed). Loaded from YAML with safe_load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError
+
+from avatar_ops.pipeline import PipelineConfig
+from avatar_ops.types import FrozenConfig
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+
+
+class StageResources(FrozenConfig):
+    """Scheduling of one stage."""
+
+    min_actors: int = Field(1, ge=1, description="Smallest actor pool (actor stages).")
+    max_actors: int = Field(1, ge=1, description="Largest actor pool (actor stages).")
+    num_cpus: float = Field(0.25, ge=0, description="CPUs per task or actor (logical; 4 actor stages at 0.25 leave a 2-core machine room for decode tasks).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (the operators then run on CUDA).")
+    batch_size: int = Field(4, ge=1, description="Rows per call.")
+
+
+def _stage(batch_size: int = 4, **kw) -> StageResources:
+    return StageResources(batch_size=batch_size, **kw)
+
+
+class StagesConfig(FrozenConfig):
+    decode: StageResources = Field(default_factory=lambda: _stage(8, num_cpus=0.1))
+    track: StageResources = Field(default_factory=lambda: _stage(8))
+    reconstruct: StageResources = Field(default_factory=lambda: _stage(4))
+    fit: StageResources = Field(default_factory=lambda: _stage(1))
+    export: StageResources = Field(default_factory=lambda: _stage(1))
+
+
+class RayConfig(FrozenConfig):
+    address: str | None = Field(None, description="Cluster address; None: $RAY_ADDRESS if set, else an embedded local Ray.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (None: all).")
+    max_restarts: int = Field(3, ge=0, description="Restarts of a stage actor that died.")
+    max_task_retries: int = Field(3, ge=0, description="Retries of a call on a restarted actor, and of a failed task.")
+
+
+class InputConfig(FrozenConfig):
+    extensions: tuple[str, ...] = Field(IMAGE_EXTENSIONS, description="File name endings taken from a folder or prefix (case-insensitive).")
+    listing_chunk: int = Field(10_000, ge=1, description="Paths held in the driver at once while listing a folder.")
+
+
+class JobConfig(FrozenConfig):
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    stages: StagesConfig = Field(default_factory=StagesConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    inputs: InputConfig = Field(default_factory=InputConfig)
+    attempts: int = Field(3, ge=1, description="Whole-job attempts: after a lost node or driver error the job runs again and skips finished rows.")
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> JobConfig:
+        """From a YAML file (None: defaults). Errors name the file and the bad key."""
+        if path is None:
+            return cls()
+        text = Path(path).read_text()
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"--config {path}: not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"--config {path}: expected a mapping at the top level, got {type(data).__name__}.")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise ValueError(f"--config {path}: {err}") from err
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,266 @@
+"""Ray Data stages, all made by one adapter from the ``avatar_ops`` operators.
+
+A row carries its outcome so far (``status``: ``pending`` while work remains, then ``ok``,
+``rejected`` or ``failed``) and the state the next stage needs, as bytes (``.npz`` / JSON /
+safetensors; no pickle). A stage only works on ``pending`` rows and passes the others through, so
+no row is ever dropped. An exception inside a batch is retried row by row; the row that still
+raises becomes ``failed`` with the exception as its reason, and the job goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+from avatar_ops.io import storage
+from avatar_ops.io.arrays import pack, unpack
+from avatar_ops.io.image import DecodedImage, decode_image
+from avatar_ops.pipeline import PipelineConfig, avatar_id, merged_quality
+from avatar_ops.types import Rejected
+
+STRING_COLUMNS = ("id", "source_uri", "options", "status", "reason", "detail", "seconds", "quality", "files", "config_digest", "content_id")
+BYTES_COLUMNS = ("image", "track", "state")
+FINAL = ("ok", "rejected", "failed")
+
+
+def record_uri(output: str, row_id: str, source_uri: str) -> str:
+    """Where a row's final outcome is recorded (one JSON object, written atomically)."""
+    key = hashlib.sha256(f"{row_id}\0{source_uri}".encode()).hexdigest()[:24]
+    return storage.join(output, "_rows", f"{key}.json")
+
+
+def to_rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    n = len(batch["source_uri"])
+    return [{k: (v[i].item() if isinstance(v[i], np.generic) else v[i]) for k, v in batch.items()} for i in range(n)]
+
+
+def to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        if key == "row_index":
+            out[key] = np.asarray(values, dtype=np.int64)
+        elif key == "resumed":
+            out[key] = np.asarray(values, dtype=bool)
+        else:
+            arr = np.empty(len(values), dtype=object)
+            arr[:] = values
+            out[key] = arr
+    return out
+
+
+def _add_seconds(row: dict, stage: str, seconds: float) -> None:
+    timings = json.loads(row["seconds"] or "{}")
+    timings[stage] = round(timings.get(stage, 0.0) + seconds, 4)
+    row["seconds"] = json.dumps(timings)
+
+
+def _finish(row: dict, status: str, reason: str = "", detail: str = "") -> None:
+    row.update(status=status, reason=reason, detail=detail, image=b"", track=b"", state=b"")
+
+
+def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str) -> dict[str, np.ndarray]:
+    """Read, hash and decode (CPU task). Rows already finished by an earlier run with the same
+    bytes and config come back ``resumed`` with their recorded outcome."""
+    config = PipelineConfig.model_validate_json(config_json)
+    digest = config.digest()
+    rows = to_rows(batch)
+    for row in rows:
+        t0 = time.perf_counter()
+        row.update(config_digest=digest, seconds="{}", quality="{}", files="{}", reason="", detail="", image=b"", track=b"", state=b"", resumed=False, status="pending")
+        try:
+            data = storage.read_bytes(row["source_uri"])
+        except FileNotFoundError:
+            _finish(row, "failed", "not_found", f"no file at {row['source_uri']}")
+            continue
+        except OSError as err:
+            _finish(row, "failed", "unreadable", f"{type(err).__name__}: {err}")
+            continue
+        row["content_id"] = avatar_id(data, digest)
+        if not row["id"]:
+            row["id"] = row["content_id"]
+        previous = _finished_record(output, row)
+        if previous is not None:
+            row.update({k: previous[k] for k in ("status", "reason", "detail", "seconds", "quality", "files")}, resumed=True)
+            continue
+        decoded = decode_image(data, config.decode)
+        if isinstance(decoded, Rejected):
+            _finish(row, "rejected", decoded.reason, decoded.detail)
+        else:
+            arrays = {"rgb": decoded.rgb}
+            if decoded.alpha is not None:
+                arrays["alpha"] = decoded.alpha
+            row["image"] = pack(**arrays)
+        _add_seconds(row, "decode", time.perf_counter() - t0)
+    return to_batch(rows)
+
+
+def _finished_record(output: str, row: dict) -> dict | None:
+    uri = record_uri(output, row["id"], row["source_uri"])
+    if not storage.exists(uri):
+        return None
+    record = json.loads(storage.read_bytes(uri))
+    if record.get("content_id") != row["content_id"] or record.get("status") not in ("ok", "rejected"):
+        return None  # other bytes or config, or a failure worth retrying
+    files = json.loads(record.get("files") or "{}")
+    if record["status"] == "ok" and not all(storage.exists(u) for u in files.values()):
+        return None  # partial: redo
+    return record
+
+
+def _decoded(row: dict) -> DecodedImage:
+    arrays = unpack(row["image"])
+    return DecodedImage(rgb=arrays["rgb"], alpha=arrays.get("alpha"), format="", mode="")
+
+
+def _keypoints(row: dict):
+    options = json.loads(row["options"] or "{}")
+    if options.get("keypoints") is None:
+        return None
+    from avatar_ops.tracking.keypoints import parse_keypoints_json
+
+    value = options["keypoints"]
+    return parse_keypoints_json(value if isinstance(value, str) else json.dumps(value))
+
+
+class OperatorStage:
+    """The adapter: one callable class for every operator stage (``kind``: track, reconstruct,
+    fit or export). The operator is built once per actor."""
+
+    def __init__(self, kind: str, config_json: str, output: str) -> None:
+        from avatar_ops.body import build_body_model, resolve_device
+
+        if kind not in ("track", "reconstruct", "fit", "export"):
+            raise ValueError(f"`kind` must be track, reconstruct, fit or export, got {kind!r}.")
+        self.kind = kind
+        self.output = output
+        self.config = PipelineConfig.model_validate_json(config_json)
+        if kind == "track":
+            from avatar_ops.tracking.operator import TrackingOperator
+
+            self.op = TrackingOperator.from_config(self.config.tracking)
+            self.body = self.op.body
+        else:
+            self.body = build_body_model(self.config.tracking.body, resolve_device(self.config.tracking.device))
+            if kind == "reconstruct":
+                from avatar_ops.avatar.reconstruct import ReconstructionOperator
+
+                self.op = ReconstructionOperator(self.config.reconstruct_config(), self.body)
+            elif kind == "fit":
+                from avatar_ops.avatar.fit import FittingOperator
+
+                self.op = FittingOperator(self.config.fit_config(), self.body)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = to_rows(batch)
+        pending = [r for r in rows if r["status"] == "pending"]
+        if pending:
+            t0 = time.perf_counter()
+            try:
+                updates = self.process(pending)
+                elapsed = (time.perf_counter() - t0) / len(pending)
+                for row, update in zip(pending, updates):
+                    row.update(update)
+                    _add_seconds(row, self.kind, elapsed)
+            except Exception:  # noqa: BLE001 - isolate the row that raises; the job goes on
+                for row in pending:
+                    t1 = time.perf_counter()
+                    try:
+                        row.update(self.process([row])[0])
+                    except Exception as err:  # noqa: BLE001
+                        _finish(row, "failed", "exception", f"{self.kind}: {type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}")
+                    _add_seconds(row, self.kind, time.perf_counter() - t1)
+        if self.kind == "export":
+            for row in rows:
+                if not row["resumed"] and row["status"] in FINAL:
+                    self._record(row)
+        return to_batch(rows)
+
+    def process(self, rows: list[dict]) -> list[dict]:
+        """Updates for each pending row, in order; raises only on a bug or a broken input."""
+        return getattr(self, f"_{self.kind}")(rows)
+
+    def _track(self, rows: list[dict]) -> list[dict]:
+        from avatar_ops.tracking.operator import TrackInput
+
+        results = self.op([TrackInput(_decoded(r), _keypoints(r)) for r in rows])
+        updates = []
+        for result in results:
+            if isinstance(result, Rejected):
+                updates.append({"status": "rejected", "reason": result.reason, "detail": result.detail, "image": b""})
+            else:
+                updates.append({"track": pack(meta=np.frombuffer(json.dumps(result.to_json()).encode(), dtype=np.uint8), mask=np.packbits(result.mask), shape=np.array(result.mask.shape))})
+        return updates
+
+    def _track_result(self, row: dict):
+        from avatar_ops.tracking.operator import TrackResult
+
+        arrays = unpack(row["track"])
+        mask = np.unpackbits(arrays["mask"])[: int(np.prod(arrays["shape"]))].reshape(arrays["shape"]).astype(bool)
+        return TrackResult.from_json(json.loads(arrays["meta"].tobytes()), mask)
+
+    def _reconstruct(self, rows: list[dict]) -> list[dict]:
+        from avatar_ops.avatar.export import avatar_to_bytes
+
+        tracks = [self._track_result(r) for r in rows]
+        results = self.op([(t, _decoded(r).rgb) for t, r in zip(tracks, rows)])
+        updates = []
+        for result in results:
+            if isinstance(result, Rejected):
+                updates.append({"status": "rejected", "reason": result.reason, "detail": result.detail, "image": b"", "track": b""})
+                continue
+            bundle, _ = avatar_to_bytes(result.avatar)
+            extra = {"neighbours": result.neighbours.cpu().numpy(), "seen": result.seen.cpu().numpy()}
+            if result.mask is not None:
+                extra["mask"] = result.mask.cpu().numpy()
+            updates.append({"state": pack(avatar=np.frombuffer(bundle, dtype=np.uint8), quality=np.frombuffer(json.dumps(result.quality).encode(), dtype=np.uint8), **extra)})
+        return updates
+
+    def _reconstruct_result(self, row: dict):
+        import torch
+
+        from avatar_ops.avatar.export import avatar_from_bytes
+        from avatar_ops.avatar.reconstruct import ReconstructResult
+
+        arrays = unpack(row["state"])
+        dev = self.body.device
+        avatar = avatar_from_bytes(arrays["avatar"].tobytes()).to(dev)
+        mask = torch.from_numpy(arrays["mask"]).to(dev) if "mask" in arrays else None
+        return ReconstructResult(
+            avatar=avatar, neighbours=torch.from_numpy(arrays["neighbours"]).to(dev), seen=torch.from_numpy(arrays["seen"]).to(dev),
+            mask=mask, quality=json.loads(arrays["quality"].tobytes()),
+        )  # fmt: skip
+
+    def _fit(self, rows: list[dict]) -> list[dict]:
+        from avatar_ops.avatar.export import avatar_to_bytes
+
+        recs = [self._reconstruct_result(r) for r in rows]
+        outcomes = self.op([(rec, _decoded(r).rgb, []) for rec, r in zip(recs, rows)])
+        updates = []
+        for rec, row, outcome in zip(recs, rows, outcomes):
+            quality = merged_quality(self._track_result(row), rec, outcome.quality)
+            bundle, _ = avatar_to_bytes(outcome.avatar)
+            updates.append({"state": pack(avatar=np.frombuffer(bundle, dtype=np.uint8)), "quality": json.dumps(quality)})
+        return updates
+
+    def _export(self, rows: list[dict]) -> list[dict]:
+        from avatar_ops.avatar.export import avatar_from_bytes, export_avatar
+
+        updates = []
+        for row in rows:
+            avatar = avatar_from_bytes(unpack(row["state"])["avatar"].tobytes()).to(self.body.device)
+            track = self._track_result(row)
+            out_dir = storage.join(self.output, "avatars", row["id"])
+            extra = {"id": row["id"], "source": row["source_uri"], "preset": self.config.preset, "config_digest": row["config_digest"], "tracking": track.to_json(), "quality": json.loads(row["quality"])}
+            files = export_avatar(avatar, self.body, out_dir, extra=extra, photo=_decoded(row).rgb, **self.config.export.model_dump())
+            updates.append({"status": "ok", "files": json.dumps(files), "image": b"", "track": b"", "state": b""})
+        return updates
+
+    def _record(self, row: dict) -> None:
+        record = {k: row[k] for k in ("id", "source_uri", "status", "reason", "detail", "seconds", "quality", "files", "config_digest", "content_id")}
+        storage.write_bytes(record_uri(self.output, row["id"], row["source_uri"]), json.dumps(record).encode())
