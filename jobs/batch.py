@@ -99,7 +99,7 @@ def _manifest_dataset(input_uri: str):
     elif lower.endswith(".csv"):
         ds = ray.data.read_csv(path, filesystem=fs)
     else:
-        ds = ray.data.read_json(path, filesystem=fs, lines=True)
+        ds = ray.data.read_json(path, filesystem=fs)  # newline-delimited JSON
     columns = set(ds.columns())
     if "uri" not in columns:
         raise ValueError(f"the manifest {input_uri!r} needs a `uri` column; it has {sorted(columns)}.")
@@ -137,14 +137,19 @@ def build_dataset(input_uri: str, output: str, config: JobConfig, limit: int | N
         ds = ds.limit(limit)
     config_json = config.pipeline.model_dump_json()
     st = config.stages
-    retries = {"max_restarts": config.ray.max_restarts, "max_task_retries": config.ray.max_task_retries}
-    ds = ds.map_batches(decode_batch, fn_kwargs={"config_json": config_json, "output": output}, batch_size=st.decode.batch_size, num_cpus=st.decode.num_cpus, max_retries=config.ray.max_task_retries, batch_format="numpy")
+    task_retries = config.ray.max_task_retries
+    actor_retries = {"max_restarts": config.ray.max_restarts, "max_task_retries": config.ray.max_task_retries}
+    ds = ds.map_batches(
+        decode_batch, fn_kwargs={"config_json": config_json, "output": output}, batch_size=st.decode.batch_size,
+        num_cpus=st.decode.num_cpus, batch_format="numpy", ray_remote_args_fn=lambda: {"max_retries": task_retries},
+    )  # fmt: skip
     for kind in ("track", "reconstruct", "fit", "export"):
         res = getattr(st, kind)
         ds = ds.map_batches(
             OperatorStage, fn_constructor_kwargs={"kind": kind, "config_json": config_json, "output": output},
             compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
-            batch_size=res.batch_size, num_cpus=res.num_cpus, num_gpus=res.num_gpus, batch_format="numpy", **retries,
+            batch_size=res.batch_size, num_cpus=res.num_cpus, num_gpus=res.num_gpus, batch_format="numpy",
+            ray_remote_args_fn=lambda: dict(actor_retries),
         )  # fmt: skip
     return ds.drop_columns(["image", "track", "state", "options"])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -156,6 +157,64 @@ def cmd_animate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _outcome_table(summary: dict) -> str:
+    lines = [f"{'status':<10} {'reason':<28} {'rows':>6}"]
+    for key, count in sorted(summary["reasons"].items()):
+        status, reason = key.split(":", 1)
+        lines.append(f"{status:<10} {reason:<28} {count:>6}")
+    if summary["statuses"].get("ok"):
+        lines.append(f"{'ok':<10} {'':<28} {summary['statuses']['ok']:>6}")
+    lines.append(f"{'total':<10} {'':<28} {summary['rows']:>6}   ({summary['resumed']} already done, {summary['wall_seconds']:.0f}s)")
+    return "\n".join(lines)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from jobs.batch import run_job
+    from jobs.config import JobConfig
+
+    try:
+        config = JobConfig.load(args.config)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from err
+    try:
+        summary = run_job(args.input, args.output, config, limit=args.limit, progress=not args.no_progress)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
+    print(_outcome_table(summary))
+    print(f"manifest: {args.output.rstrip('/')}/manifest/manifest.parquet  avatars: {args.output.rstrip('/')}/avatars/  summary: {args.output.rstrip('/')}/summary.json")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(args.address)
+    entrypoint = f"avatar-forge batch {shlex.quote(args.input)} {shlex.quote(args.output)} --no-progress"
+    runtime_env: dict = {"working_dir": str(Path(args.working_dir).resolve()), "excludes": [".venv", "out", ".git", "**/__pycache__"]}
+    if args.config:
+        try:
+            relative = Path(args.config).resolve().relative_to(Path(args.working_dir).resolve())
+        except ValueError as err:
+            raise SystemExit(f"error: --config {args.config} must be inside --working-dir {args.working_dir} (it is shipped with it)") from err
+        entrypoint += f" --config {shlex.quote(str(relative))}"
+    if args.limit is not None:
+        entrypoint += f" --limit {args.limit}"
+    submission_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    print(submission_id)
+    if not args.follow:
+        return 0
+    import asyncio
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(submission_id):
+            print(lines, end="")
+
+    asyncio.run(tail())
+    status = client.get_job_status(submission_id)
+    print(f"{submission_id}: {status}")
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avatar-forge",
@@ -211,6 +270,41 @@ def build_parser() -> argparse.ArgumentParser:
     anim.add_argument("--gender", choices=["neutral", "male", "female"], default="neutral", help="SMPL-X gender (default: neutral)")
     anim.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     anim.set_defaults(func=cmd_animate)
+
+    batch = sub.add_parser(
+        "batch",
+        help="the batch job: every photo of a folder, prefix or manifest -> avatars + a manifest (Ray Data)",
+        description="Run decode -> track -> reconstruct -> fit -> export over INPUT on Ray Data (an embedded local Ray, or the "
+        "cluster at $RAY_ADDRESS / ray.address in the config) and write OUTPUT/avatars/<id>/, OUTPUT/manifest/manifest.parquet "
+        "(one row per input: status ok/rejected/failed, reason, files, seconds per stage, quality), OUTPUT/summary.json and "
+        "OUTPUT/job_config.yaml. INPUT is a folder or prefix (local or s3://; recursive; .jpg .jpeg .png .webp) or a manifest "
+        "(.parquet, .csv, .jsonl with `uri` and optional `id`, `keypoints`). Rerunning skips rows already finished.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    batch.add_argument("input", help="folder, prefix or manifest (local path or URI)")
+    batch.add_argument("output", help="output folder or prefix (local path or URI)")
+    batch.add_argument("--config", help="job YAML (pipeline, stages, ray, inputs, attempts); see jobs/configs/")
+    batch.add_argument("--limit", type=int, default=None, help="process only the first N inputs")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    batch.set_defaults(func=cmd_batch)
+
+    submit = sub.add_parser(
+        "submit",
+        help="submit the batch job to a Ray cluster through the Jobs API",
+        description="Submit `avatar-forge batch INPUT OUTPUT` to the cluster whose dashboard is at --address, with this "
+        "folder as the runtime_env working_dir. Prints the submission id; --follow tails the job's logs until it ends.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    submit.add_argument("input", help="folder, prefix or manifest the cluster can read (e.g. s3://...)")
+    submit.add_argument("output", help="output prefix the cluster can write (e.g. s3://...)")
+    submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+    submit.add_argument("--config", help="job YAML, shipped with the working dir (give a path inside it)")
+    submit.add_argument("--limit", type=int, default=None, help="process only the first N inputs")
+    submit.add_argument("--working-dir", default=".", help="folder shipped as the job's working_dir (default: .)")
+    submit.add_argument("--follow", action="store_true", help="tail the job's logs until it ends; exit 0 only if it succeeded")
+    submit.set_defaults(func=cmd_submit)
     return parser
 
 

@@ -72,7 +72,7 @@ def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str) ->
     rows = to_rows(batch)
     for row in rows:
         t0 = time.perf_counter()
-        row.update(config_digest=digest, seconds="{}", quality="{}", files="{}", reason="", detail="", image=b"", track=b"", state=b"", resumed=False, status="pending")
+        row.update(config_digest=digest, content_id="", seconds="{}", quality="{}", files="{}", reason="", detail="", image=b"", track=b"", state=b"", resumed=False, status="pending")
         try:
             data = storage.read_bytes(row["source_uri"])
         except FileNotFoundError:
