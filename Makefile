@@ -20,9 +20,8 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/avatar-forge generate samples/*.jpg samples/*.png -o out/avatars --preset preview
-	$(VENV)/bin/avatar-forge animate out/avatars/man_hoodie_masked --motion wave -o out/avatars/man_hoodie_masked/wave.gif
-	@echo "results: $(CURDIR)/out/avatars/<photo>/ (avatar.safetensors, avatar.ply, preview.png, turntable.gif)"
+	$(LOOPBACK) $(VENV)/bin/avatar-forge batch samples out/demo
+	@echo "results: $(CURDIR)/out/demo (avatars/<id>/, manifest/manifest.parquet, summary.json)"
 
 test: setup
 	$(LOOPBACK) $(VENV)/bin/pytest -q

@@ -146,7 +146,7 @@ def build_dataset(input_uri: str, output: str, config: JobConfig, limit: int | N
     for kind in ("track", "reconstruct", "fit", "export"):
         res = getattr(st, kind)
         ds = ds.map_batches(
-            OperatorStage, fn_constructor_kwargs={"kind": kind, "config_json": config_json, "output": output},
+            OperatorStage, fn_constructor_kwargs={"kind": kind, "config_json": config_json, "output": output, "threads": res.threads},
             compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
             batch_size=res.batch_size, num_cpus=res.num_cpus, num_gpus=res.num_gpus, batch_format="numpy",
             ray_remote_args_fn=lambda: dict(actor_retries),

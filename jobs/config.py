@@ -22,6 +22,7 @@ class StageResources(FrozenConfig):
     num_cpus: float = Field(0.25, ge=0, description="CPUs per task or actor (logical; 4 actor stages at 0.25 leave a 2-core machine room for decode tasks).")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (the operators then run on CUDA).")
     batch_size: int = Field(4, ge=1, description="Rows per call.")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per actor (None: every core of the node; Ray would otherwise pin fractional-CPU actors to one thread).")
 
 
 def _stage(batch_size: int = 4, **kw) -> StageResources:

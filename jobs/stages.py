@@ -132,9 +132,14 @@ class OperatorStage:
     """The adapter: one callable class for every operator stage (``kind``: track, reconstruct,
     fit or export). The operator is built once per actor."""
 
-    def __init__(self, kind: str, config_json: str, output: str) -> None:
+    def __init__(self, kind: str, config_json: str, output: str, threads: int | None = None) -> None:
+        import os
+
+        import torch
+
         from avatar_ops.body import build_body_model, resolve_device
 
+        torch.set_num_threads(threads or os.cpu_count() or 1)
         if kind not in ("track", "reconstruct", "fit", "export"):
             raise ValueError(f"`kind` must be track, reconstruct, fit or export, got {kind!r}.")
         self.kind = kind
