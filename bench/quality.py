@@ -188,14 +188,17 @@ def main() -> None:
         rel = cams.viewmats @ torch.linalg.inv(view0)
         rel_cams = Cameras(rel, cams.Ks, cams.width, cams.height)
         # One photo cannot tell a larger body further away from a smaller one nearer: besides the
-        # raw figures, report them with the avatar's pelvis moved onto the true pelvis
-        # (translation only; orientation and pose stay as fitted).
+        # raw figures, report them after scaling the avatar about the photo's camera centre so its
+        # pelvis lies at the true depth (the input view's image is unchanged by this).
+        from avatar_ops.render.gaussians import rasterize
+
         with torch.no_grad():
             fitted_pelvis = body(avatar.shape[None], avatar.source_pose[None], avatar.source_transl[None]).joints[0, 0]
             true_pelvis = pelvis @ view0[:3, :3].T + view0[:3, 3]
-            aligned_transl = avatar.source_transl + (true_pelvis - fitted_pelvis)
+            scale = float(true_pelvis[2] / fitted_pelvis[2])
             pred = avatar.render(body, avatar.source_pose[None], avatar.source_transl[None], rel_cams)
-            aligned = avatar.render(body, avatar.source_pose[None], aligned_transl[None], rel_cams)
+            g = avatar.posed(body, avatar.source_pose[None], avatar.source_transl[None])
+            aligned = rasterize(g["means"][0] * scale, g["quats"][0], g["scales"] * scale, g["opacities"], g["colors"], rel_cams)
         rows = []
         for c in range(8):
             angle = round(360 * c / 8)
@@ -214,7 +217,7 @@ def main() -> None:
             entry["aligned_silhouette_iou"] = round(float((am & masks[c]).sum() / aunion.sum().clamp(min=1)), 3)
             rows.append(entry)
             per_view.setdefault(angle, []).append(entry)
-        subjects.append({"subject": s, "status": "ok", "fit_s": round(fit_s, 1), "views": rows})
+        subjects.append({"subject": s, "status": "ok", "fit_s": round(fit_s, 1), "depth_scale": round(scale, 3), "views": rows})
         if args.save:
             from PIL import Image
 
