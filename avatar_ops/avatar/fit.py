@@ -123,8 +123,8 @@ class FittingOperator:
         self.body = body
 
     def check_health(self) -> None:
-        with torch.no_grad():
-            self.body(self.body.default_shape()[None], torch.zeros(1, 55, 3, device=self.body.device))
+        """Raise if the operator cannot serve (a forward pass of its body must work)."""
+        self.body.check_health()
 
     def __call__(self, items: Sequence[tuple[ReconstructResult, "object", Sequence[PseudoLabel]]]) -> list[FitOutcome]:
         return [self._one(rec, rgb, list(labels)) for rec, rgb, labels in items]

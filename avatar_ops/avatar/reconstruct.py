@@ -86,8 +86,8 @@ class ReconstructionOperator:
         self.body = body
 
     def check_health(self) -> None:
-        with torch.no_grad():
-            self.body(self.body.default_shape()[None], torch.zeros(1, 55, 3, device=self.body.device))
+        """Raise if the operator cannot serve (a forward pass of its body must work)."""
+        self.body.check_health()
 
     def __call__(self, items: Sequence[tuple[TrackResult, np.ndarray]]) -> list[ReconstructResult | Rejected]:
         out: list[ReconstructResult | Rejected] = []

@@ -121,6 +121,11 @@ class BodyModel(nn.Module, abc.ABC):
         out = self(shape, pose, transl)
         return out.keypoints, out.vertices[:, vertex_index]
 
+    @torch.no_grad()
+    def check_health(self) -> None:
+        """Raise if a forward pass of the mean shape in the T-pose fails (operators' health check)."""
+        self(self.default_shape()[None], zero_pose(1, device=self.device))
+
     def check_inputs(self, shape: Tensor, pose: Tensor, transl: Tensor | None) -> None:
         if shape.ndim != 2 or shape.shape[1] != self.num_shape_params:
             raise ValueError(f"`shape` must be [B, {self.num_shape_params}] for {self.name}, got {tuple(shape.shape)}.")
