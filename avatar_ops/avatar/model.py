@@ -14,25 +14,8 @@ import torch
 from torch import Tensor
 
 from avatar_ops.body.base import BodyModel
+from avatar_ops.body.rotations import matrix_to_quaternion, quaternion_to_matrix
 from avatar_ops.render.gaussians import Cameras, Render, rasterize
-
-
-def quat_to_matrix(q: Tensor) -> Tensor:
-    """[..., 4] (w, x, y, z) -> [..., 3, 3]."""
-    q = q / q.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], -1).reshape(q.shape[:-1] + (3, 3))  # fmt: skip
-
-
-def matrix_to_quat(m: Tensor) -> Tensor:
-    """[..., 3, 3] -> [..., 4] (w, x, y, z)."""
-    from avatar_ops.body.rotations import matrix_to_quaternion
-
-    return matrix_to_quaternion(m)
 
 
 def triangle_frames(vertices: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
@@ -103,7 +86,7 @@ class GaussianAvatar:
         corners = out.vertices[:, body.faces[self.face]]  # [B, N, 3, 3]
         frame = frames[:, self.face]  # [B, N, 3, 3]
         means = (self.bary[None, :, :, None] * corners).sum(2) + self.offset[None, :, None] * frame[..., 2]
-        quats = matrix_to_quat(frame @ quat_to_matrix(self.rotation)[None])
+        quats = matrix_to_quaternion(frame @ quaternion_to_matrix(self.rotation)[None])
         return {
             "means": means, "quats": quats, "scales": self.log_scale.exp(),
             "opacities": torch.sigmoid(self.opacity_logit), "colors": self.color.clamp(0, 1),

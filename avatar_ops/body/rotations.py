@@ -33,6 +33,17 @@ def axis_angle_to_matrix(axis_angle: Tensor) -> Tensor:
     return torch.where(small[..., None], eye + k_small, rot)
 
 
+def quaternion_to_matrix(q: Tensor) -> Tensor:
+    """[..., 4] (w, x, y, z), normalised here -> [..., 3, 3] rotation matrices."""
+    q = q / q.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    w, x, y, z = q.unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], -1).reshape(q.shape[:-1] + (3, 3))  # fmt: skip
+
+
 def matrix_to_quaternion(matrix: Tensor) -> Tensor:
     """[..., 3, 3] rotation matrices -> [..., 4] unit quaternions (w, x, y, z), w >= 0.
 
