@@ -36,20 +36,15 @@ def avatar_to_bytes(avatar: GaussianAvatar) -> tuple[bytes, dict]:
 
 
 def avatar_from_bytes(data: bytes) -> GaussianAvatar:
-    from safetensors import safe_open
     from safetensors.torch import load
 
-    tensors = load(data)
+    tensors = load(data)  # validates the file; its header is then safe to read
     missing = [k for k in GaussianAvatar.TENSORS if k not in tensors]
     if missing:
         raise ValueError(f"not an avatar bundle: tensors {missing} are missing.")
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".safetensors") as tmp:
-        tmp.write(data)
-        tmp.flush()
-        with safe_open(tmp.name, framework="pt") as handle:
-            meta = json.loads(handle.metadata()["avatar"])
+    # safetensors layout: 8-byte little-endian header length, then the JSON header.
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    meta = json.loads(header.get("__metadata__", {}).get("avatar", "{}"))
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"avatar format_version must be {FORMAT_VERSION}, got {meta.get('format_version')!r}.")
     return GaussianAvatar(body_model=meta["body_model"], width=int(meta["width"]), height=int(meta["height"]), **tensors)
