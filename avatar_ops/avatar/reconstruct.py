@@ -31,6 +31,10 @@ from avatar_ops.tracking.smplify import project
 from avatar_ops.types import FrozenConfig, Rejected
 
 
+MIN_SEEN = 10  # fewer visible surface points than this rejects the photo
+FILL_DONORS = 4  # seen Gaussians blended into each unseen one (<= MIN_SEEN)
+
+
 class ReconstructConfig(FrozenConfig):
     """How the initial avatar is built."""
 
@@ -137,15 +141,15 @@ class ReconstructionOperator:
         in_image = (px[:, 0] >= 0) & (px[:, 0] < track.width) & (px[:, 1] >= 0) & (px[:, 1] < track.height)
         in_mask = in_image & (mask[px[:, 1].clamp(0, track.height - 1), px[:, 0].clamp(0, track.width - 1)] if has_mask else in_image)
         seen = inside & (facing < 0) & (z <= zbuf[flat] + cfg.depth_tolerance) & in_mask
-        if int(seen.sum()) < 10:
+        if int(seen.sum()) < MIN_SEEN:
             return Rejected("reconstruction_failed", f"only {int(seen.sum())} of {len(face)} surface points are visible in the photo")
 
         # Clothing and hair: push outline Gaussians out along their normal to the mask's edge.
         offset = torch.zeros(len(face), device=dev)
         if has_mask and cfg.max_offset > 0:
             offset = self._coverage_offsets(points, normal, facing, seen | (inside & in_mask), k, mask, track)
-        tree = cKDTree(rest_points.cpu().numpy())
-        _, nbr = tree.query(rest_points.cpu().numpy(), k=cfg.neighbours + 1)
+        rest_np = rest_points.cpu().numpy()
+        _, nbr = cKDTree(rest_np).query(rest_np, k=cfg.neighbours + 1)
         neighbours = torch.from_numpy(nbr[:, 1:]).to(dev)
         for _ in range(cfg.smooth_iters):
             offset = torch.maximum(offset, offset[neighbours].mean(1))
@@ -158,10 +162,8 @@ class ReconstructionOperator:
         seen_idx = torch.nonzero(seen)[:, 0].cpu().numpy()
         unseen_idx = torch.nonzero(~seen)[:, 0].cpu().numpy()
         if len(unseen_idx):
-            seen_tree = cKDTree(rest_points.cpu().numpy()[seen_idx])
-            dist, idx = seen_tree.query(rest_points.cpu().numpy()[unseen_idx], k=min(4, len(seen_idx)))
-            idx = np.atleast_2d(idx.T).T if idx.ndim == 1 else idx
-            dist = np.atleast_2d(dist.T).T if dist.ndim == 1 else dist
+            # At least MIN_SEEN are seen (checked above), so the query is always [U, FILL_DONORS].
+            dist, idx = cKDTree(rest_np[seen_idx]).query(rest_np[unseen_idx], k=FILL_DONORS)
             w = 1.0 / np.maximum(dist, 1e-4)
             w = torch.from_numpy(w / w.sum(1, keepdims=True)).to(dev, torch.float32)
             donors = color[torch.from_numpy(seen_idx).to(dev)[torch.from_numpy(idx).to(dev)]]  # [U, k, 3]
