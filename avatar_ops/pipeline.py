@@ -81,6 +81,16 @@ def merged_quality(track: TrackResult, rec: ReconstructResult, fit_quality: dict
     return {**{f"track_{k}": v for k, v in track.quality.items()}, **{f"reconstruct_{k}": v for k, v in rec.quality.items()}, **{f"fit_{k}": v for k, v in fit_quality.items()}}
 
 
+def export_result(
+    config: PipelineConfig, avatar, body, out_dir: str, source: str, track: TrackResult, quality: dict, photo: np.ndarray, row_id: str | None = None
+) -> dict[str, str]:
+    """Write an avatar's export files with the metadata every caller records; returns name -> URI."""
+    extra = {"source": source, "preset": config.preset, "config_digest": config.digest(), "tracking": track.to_json(), "quality": quality}
+    if row_id is not None:
+        extra = {"id": row_id, **extra}
+    return export_avatar(avatar, body, out_dir, extra=extra, photo=photo, **config.export.model_dump())
+
+
 class AvatarPipeline:
     """Operators built once; ``run(uri, out_dir)`` per photo."""
 
@@ -117,7 +127,6 @@ class AvatarPipeline:
         seconds["fit"] = time.perf_counter() - t
         t = time.perf_counter()
         quality = merged_quality(track, rec, fitted.quality)
-        extra = {"source": source, "preset": self.config.preset, "config_digest": self.config.digest(), "tracking": track.to_json(), "quality": quality}
-        files = export_avatar(fitted.avatar, self.tracker.body, out_dir, extra=extra, photo=decoded.rgb, **self.config.export.model_dump())
+        files = export_result(self.config, fitted.avatar, self.tracker.body, out_dir, source, track, quality, decoded.rgb)
         seconds["export"] = time.perf_counter() - t
         return Outcome(source, "ok", files=files, seconds=seconds, quality=quality)

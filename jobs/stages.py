@@ -20,7 +20,7 @@ import numpy as np
 from avatar_ops.io import storage
 from avatar_ops.io.arrays import pack, unpack
 from avatar_ops.io.image import DecodedImage, decode_image
-from avatar_ops.pipeline import PipelineConfig, avatar_id, merged_quality
+from avatar_ops.pipeline import PipelineConfig, avatar_id, export_result, merged_quality
 from avatar_ops.types import Rejected
 
 STRING_COLUMNS = ("id", "source_uri", "options", "status", "reason", "detail", "seconds", "quality", "files", "config_digest", "content_id")
@@ -254,15 +254,15 @@ class OperatorStage:
         return updates
 
     def _export(self, rows: list[dict]) -> list[dict]:
-        from avatar_ops.avatar.export import avatar_from_bytes, export_avatar
+        from avatar_ops.avatar.export import avatar_from_bytes
 
         updates = []
         for row in rows:
             avatar = avatar_from_bytes(unpack(row["state"])["avatar"].tobytes()).to(self.body.device)
-            track = self._track_result(row)
             out_dir = storage.join(self.output, "avatars", row["id"])
-            extra = {"id": row["id"], "source": row["source_uri"], "preset": self.config.preset, "config_digest": row["config_digest"], "tracking": track.to_json(), "quality": json.loads(row["quality"])}
-            files = export_avatar(avatar, self.body, out_dir, extra=extra, photo=_decoded(row).rgb, **self.config.export.model_dump())
+            files = export_result(
+                self.config, avatar, self.body, out_dir, row["source_uri"], self._track_result(row), json.loads(row["quality"]), _decoded(row).rgb, row_id=row["id"]
+            )
             updates.append({"status": "ok", "files": json.dumps(files), "image": b"", "track": b"", "state": b""})
         return updates
 
