@@ -22,9 +22,15 @@ of SMPLX_<GENDER>.npz) at a local path or fsspec URI.
 """
 
 
-def _add_body_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--body", choices=["anny", "smplx"], default="anny", help="parametric body model (default: anny)")
-    p.add_argument("--smplx-path", help="SMPL-X .npz file or folder (path or s3://...), required with --body smplx")
+def _command(sub, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=summary, description=description, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_body_args(p: argparse.ArgumentParser, choose_body: bool = True) -> None:
+    """--body (when the command chooses it), --smplx-path, --gender, --device."""
+    if choose_body:
+        p.add_argument("--body", choices=["anny", "smplx"], default="anny", help="parametric body model (default: anny)")
+    p.add_argument("--smplx-path", help="SMPL-X .npz file or folder (path or s3://...), required with an SMPL-X body")
     p.add_argument("--gender", choices=["neutral", "male", "female"], default="neutral", help="SMPL-X gender (default: neutral)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N] (default: auto)")
 
@@ -223,13 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    track = sub.add_parser(
+    track = _command(
+        sub,
         "track",
-        help="fit a body model to each photo; write its parameters (JSON) and an overlay (PNG)",
+        summary="fit a body model to each photo; write its parameters (JSON) and an overlay (PNG)",
         description="Detect the main person in each photo (keypoints and mask), fit the body model to them, and write "
         "<stem>.json (shape, SMPL-X pose, translation, camera, keypoints, quality) and <stem>_overlay.png per photo.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     track.add_argument("photos", nargs="+", metavar="PHOTO", help="image files (JPEG, PNG, WebP): local paths or fsspec URIs")
     track.add_argument("-o", "--output", default="out/track", help="output folder (default: out/track)")
@@ -238,13 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_body_args(track)
     track.set_defaults(func=cmd_track)
 
-    gen = sub.add_parser(
+    gen = _command(
+        sub,
         "generate",
-        help="build an animatable Gaussian avatar from each photo",
+        summary="build an animatable Gaussian avatar from each photo",
         description="Track, reconstruct, fit and export each photo into OUTPUT/<stem>/: avatar.safetensors + avatar.json "
         "(the animatable bundle), avatar.ply (standard 3DGS), preview.png and turntable.gif.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     gen.add_argument("photos", nargs="+", metavar="PHOTO", help="image files: local paths or fsspec URIs")
     gen.add_argument("-o", "--output", default="out/avatars", help="output folder or URI (default: out/avatars)")
@@ -253,34 +257,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_body_args(gen)
     gen.set_defaults(func=cmd_generate)
 
-    anim = sub.add_parser(
+    anim = _command(
+        sub,
         "animate",
-        help="render an avatar following a motion clip into a GIF",
+        summary="render an avatar following a motion clip into a GIF",
         description="Render an avatar (a folder written by `generate`, or its avatar.safetensors) following a SMPL-X motion: "
         "a bundled clip by name (walk, wave) or an AMASS-style .npz file.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     anim.add_argument("avatar", help="avatar folder or avatar.safetensors (path or URI)")
     anim.add_argument("--motion", default="walk", help="bundled clip name or .npz path (default: walk)")
     anim.add_argument("-o", "--output", default="out/animation.gif", help="GIF to write (default: out/animation.gif)")
     anim.add_argument("--size", type=int, default=256, help="frame size in pixels (default: 256)")
     anim.add_argument("--max-frames", type=int, default=None, help="render at most this many frames")
-    anim.add_argument("--smplx-path", help="SMPL-X model for avatars built on SMPL-X")
-    anim.add_argument("--gender", choices=["neutral", "male", "female"], default="neutral", help="SMPL-X gender (default: neutral)")
-    anim.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    _add_body_args(anim, choose_body=False)  # the avatar's bundle names its body
     anim.set_defaults(func=cmd_animate)
 
-    batch = sub.add_parser(
+    batch = _command(
+        sub,
         "batch",
-        help="the batch job: every photo of a folder, prefix or manifest -> avatars + a manifest (Ray Data)",
+        summary="the batch job: every photo of a folder, prefix or manifest -> avatars + a manifest (Ray Data)",
         description="Run decode -> track -> reconstruct -> fit -> export over INPUT on Ray Data (an embedded local Ray, or the "
         "cluster at $RAY_ADDRESS / ray.address in the config) and write OUTPUT/avatars/<id>/, OUTPUT/manifest/manifest.parquet "
         "(one row per input: status ok/rejected/failed, reason, files, seconds per stage, quality), OUTPUT/summary.json and "
         "OUTPUT/job_config.yaml. INPUT is a folder or prefix (local or s3://; recursive; .jpg .jpeg .png .webp) or a manifest "
         "(.parquet, .csv, .jsonl with `uri` and optional `id`, `keypoints`). Rerunning skips rows already finished.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     batch.add_argument("input", help="folder, prefix or manifest (local path or URI)")
     batch.add_argument("output", help="output folder or prefix (local path or URI)")
@@ -289,13 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     batch.set_defaults(func=cmd_batch)
 
-    submit = sub.add_parser(
+    submit = _command(
+        sub,
         "submit",
-        help="submit the batch job to a Ray cluster through the Jobs API",
+        summary="submit the batch job to a Ray cluster through the Jobs API",
         description="Submit `avatar-forge batch INPUT OUTPUT` to the cluster whose dashboard is at --address, with this "
         "folder as the runtime_env working_dir. Prints the submission id; --follow tails the job's logs until it ends.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     submit.add_argument("input", help="folder, prefix or manifest the cluster can read (e.g. s3://...)")
     submit.add_argument("output", help="output prefix the cluster can write (e.g. s3://...)")
