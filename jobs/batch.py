@@ -35,21 +35,15 @@ MANIFEST_FIELDS = ("id", "source_uri", "status", "reason", "detail", "avatar_uri
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 
 
-def _fs(uri: str):
-    import fsspec
-
-    return fsspec.core.url_to_fs(uri)
-
-
 def _arrow_fs(uri: str):
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    fs, path = _fs(uri)
+    fs, path = storage.filesystem(uri)
     return PyFileSystem(FSSpecHandler(fs)), path
 
 
 def _walk(input_uri: str, extensions: tuple[str, ...]) -> Iterator[str]:
-    fs, root = _fs(input_uri)
+    fs, root = storage.filesystem(input_uri)
     if not fs.isdir(root):
         raise ValueError(f"INPUT must be a folder, a prefix or a manifest ({', '.join(MANIFEST_SUFFIXES)}), got {input_uri!r}: not a folder.")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
@@ -71,16 +65,20 @@ def write_listing(input_uri: str, output: str, config: JobConfig) -> str:
         local = os.path.join(tmp, "inputs.parquet")
         count = 0
         with pq.ParquetWriter(local, schema) as writer:
+
+            def flush(paths: list[str]) -> int:
+                n = len(paths)
+                writer.write_table(pa.table({"row_index": range(count, count + n), "id": [""] * n, "source_uri": paths, "options": ["{}"] * n}, schema=schema))
+                return n
+
             chunk: list[str] = []
             for path in _walk(input_uri, tuple(e.lower() for e in config.inputs.extensions)):
                 chunk.append(path)
                 if len(chunk) >= config.inputs.listing_chunk:
-                    writer.write_table(pa.table({"row_index": range(count, count + len(chunk)), "id": [""] * len(chunk), "source_uri": chunk, "options": ["{}"] * len(chunk)}, schema=schema))
-                    count += len(chunk)
+                    count += flush(chunk)
                     chunk = []
             if chunk:
-                writer.write_table(pa.table({"row_index": range(count, count + len(chunk)), "id": [""] * len(chunk), "source_uri": chunk, "options": ["{}"] * len(chunk)}, schema=schema))
-                count += len(chunk)
+                count += flush(chunk)
         if count == 0:
             raise ValueError(f"INPUT {input_uri!r} holds no files ending in {', '.join(config.inputs.extensions)}.")
         with open(local, "rb") as handle:

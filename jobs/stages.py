@@ -23,8 +23,6 @@ from avatar_ops.io.image import DecodedImage, decode_image
 from avatar_ops.pipeline import PipelineConfig, avatar_id, export_result, merged_quality
 from avatar_ops.types import Rejected
 
-STRING_COLUMNS = ("id", "source_uri", "options", "status", "reason", "detail", "seconds", "quality", "files", "config_digest", "content_id")
-BYTES_COLUMNS = ("image", "track", "state")
 FINAL = ("ok", "rejected", "failed")
 
 

@@ -14,14 +14,15 @@ from pathlib import Path
 import fsspec
 
 
-def _fs_and_path(uri: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
+def filesystem(uri: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem of ``uri`` and the path within it."""
     fs, path = fsspec.core.url_to_fs(str(uri))
     return fs, path
 
 
 def is_local(uri: str | os.PathLike) -> bool:
     """True when ``uri`` is a plain path or a ``file://`` URI."""
-    fs, _ = _fs_and_path(uri)
+    fs, _ = filesystem(uri)
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
@@ -31,7 +32,7 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
     Raises:
         FileNotFoundError: when ``uri`` does not exist.
     """
-    fs, path = _fs_and_path(uri)
+    fs, path = filesystem(uri)
     with fs.open(path, "rb") as f:
         return f.read()
 
@@ -39,7 +40,7 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
 def write_bytes(uri: str | os.PathLike, data: bytes) -> str:
     """Write ``data`` to ``uri`` atomically and return the URI written."""
     uri = str(uri)
-    fs, path = _fs_and_path(uri)
+    fs, path = filesystem(uri)
     if is_local(uri):
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -62,7 +63,7 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> str:
 
 
 def exists(uri: str | os.PathLike) -> bool:
-    fs, path = _fs_and_path(uri)
+    fs, path = filesystem(uri)
     return fs.exists(path)
 
 
@@ -78,14 +79,14 @@ def cache_locally(uri: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Return a local path for ``uri``: the path itself when local, else a copy in a node-local
     cache (downloaded once, keyed by the URI)."""
     if is_local(uri):
-        _, path = _fs_and_path(uri)
+        _, path = filesystem(uri)
         return Path(path)
     cache_root = Path(cache_dir or os.environ.get("AVATAR_CACHE_DIR", Path.home() / ".cache" / "avatar-forge"))
     key = hashlib.sha256(uri.encode()).hexdigest()[:16]
     target = cache_root / "downloads" / key / Path(uri.rstrip("/")).name
     if target.exists():
         return target
-    fs, path = _fs_and_path(uri)
+    fs, path = filesystem(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
     if fs.isdir(path):
         tmp = Path(tempfile.mkdtemp(dir=target.parent))
