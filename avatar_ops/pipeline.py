@@ -45,6 +45,12 @@ class PipelineConfig(FrozenConfig):
     fit: FitConfig = Field(default_factory=FitConfig, description="preset here is ignored: the pipeline's preset sets it.")
     export: ExportConfig = Field(default_factory=ExportConfig)
 
+    def with_preset(self, preset: str | None) -> PipelineConfig:
+        """This config with another quality preset (None keeps this one's)."""
+        if preset is None or preset == self.preset:
+            return self
+        return PipelineConfig.model_validate({**self.model_dump(), "preset": preset})
+
     def reconstruct_config(self) -> ReconstructConfig:
         return self.reconstruct.model_copy(update={"num_gaussians": self.num_gaussians or PRESETS[self.preset]["num_gaussians"]})
 

@@ -221,6 +221,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0 if status == JobStatus.SUCCEEDED else 1
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serve.local import DEFAULT_CONFIG, load_serve_file, serve_until_stopped
+
+    overrides: dict = {}
+    if args.no_auth:
+        overrides["auth"] = "disabled"
+        print("warning: --no-auth: the API accepts requests without a key (local development only)", file=sys.stderr)
+    if args.storage:
+        overrides["storage"] = args.storage
+    try:
+        config = load_serve_file(args.config or DEFAULT_CONFIG, overrides)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from err
+    return serve_until_stopped(config, host=args.host, port=args.port, num_cpus=args.num_cpus)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avatar-forge",
@@ -304,6 +320,24 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--working-dir", default=".", help="folder shipped as the job's working_dir (default: .)")
     submit.add_argument("--follow", action="store_true", help="tail the job's logs until it ends; exit 0 only if it succeeded")
     submit.set_defaults(func=cmd_submit)
+
+    srv = _command(
+        sub,
+        "serve",
+        summary="run the online API (Ray Serve + FastAPI) locally until Ctrl-C / SIGTERM",
+        description="Deploy the online API from a Serve config file (default: serve/local.yaml; serve/config.yaml is the "
+        "production one) on an embedded local Ray, or on the cluster at $RAY_ADDRESS, and serve until Ctrl-C or SIGTERM; "
+        "then the app is deleted and the embedded Ray stopped. Endpoints: POST /v1/track, POST /v1/avatars, "
+        "GET /v1/avatars/{id}[/files/{name}], POST /v1/avatars/{id}/animate, /healthz, /readyz, /docs. "
+        "API keys come from the config's args.api_keys or $AVATAR_API_KEYS (comma-separated).",
+    )
+    srv.add_argument("--config", help="Serve config YAML (default: the bundled serve/local.yaml)")
+    srv.add_argument("--host", default=None, help="address to bind (default: the config's http_options.host)")
+    srv.add_argument("--port", type=int, default=None, help="port (default: the config's http_options.port)")
+    srv.add_argument("--storage", default=None, help="where avatars are kept: folder or s3://... (overrides args.storage)")
+    srv.add_argument("--no-auth", action="store_true", help="accept requests without an API key (local development only)")
+    srv.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
+    srv.set_defaults(func=cmd_serve)
     return parser
 
 

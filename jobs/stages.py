@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from avatar_ops.io import storage
-from avatar_ops.io.arrays import pack, unpack
-from avatar_ops.io.image import DecodedImage, decode_image
+from avatar_ops.io.codec import image_from_bytes, image_to_bytes, reconstruction_from_bytes, reconstruction_to_bytes, track_from_bytes, track_to_bytes
+from avatar_ops.io.image import decode_image
 from avatar_ops.pipeline import PipelineConfig, avatar_id, export_result, merged_quality
 from avatar_ops.types import Rejected
 
@@ -90,10 +90,7 @@ def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str) ->
         if isinstance(decoded, Rejected):
             _finish(row, "rejected", decoded.reason, decoded.detail)
         else:
-            arrays = {"rgb": decoded.rgb}
-            if decoded.alpha is not None:
-                arrays["alpha"] = decoded.alpha
-            row["image"] = pack(**arrays)
+            row["image"] = image_to_bytes(decoded)
         _add_seconds(row, "decode", time.perf_counter() - t0)
     return to_batch(rows)
 
@@ -109,11 +106,6 @@ def _finished_record(output: str, row: dict) -> dict | None:
     if record["status"] == "ok" and not all(storage.exists(u) for u in files.values()):
         return None  # partial: redo
     return record
-
-
-def _decoded(row: dict) -> DecodedImage:
-    arrays = unpack(row["image"])
-    return DecodedImage(rgb=arrays["rgb"], alpha=arrays.get("alpha"), format="", mode="")
 
 
 def _keypoints(row: dict):
@@ -191,64 +183,35 @@ class OperatorStage:
     def _track(self, rows: list[dict]) -> list[dict]:
         from avatar_ops.tracking.operator import TrackInput
 
-        results = self.op([TrackInput(_decoded(r), _keypoints(r)) for r in rows])
+        results = self.op([TrackInput(image_from_bytes(r["image"]), _keypoints(r)) for r in rows])
         updates = []
         for result in results:
             if isinstance(result, Rejected):
                 updates.append({"status": "rejected", "reason": result.reason, "detail": result.detail, "image": b""})
             else:
-                updates.append({"track": pack(meta=np.frombuffer(json.dumps(result.to_json()).encode(), dtype=np.uint8), mask=np.packbits(result.mask), shape=np.array(result.mask.shape))})
+                updates.append({"track": track_to_bytes(result)})
         return updates
 
-    def _track_result(self, row: dict):
-        from avatar_ops.tracking.operator import TrackResult
-
-        arrays = unpack(row["track"])
-        mask = np.unpackbits(arrays["mask"])[: int(np.prod(arrays["shape"]))].reshape(arrays["shape"]).astype(bool)
-        return TrackResult.from_json(json.loads(arrays["meta"].tobytes()), mask)
-
     def _reconstruct(self, rows: list[dict]) -> list[dict]:
-        from avatar_ops.avatar.export import avatar_to_bytes
-
-        tracks = [self._track_result(r) for r in rows]
-        results = self.op([(t, _decoded(r).rgb) for t, r in zip(tracks, rows)])
+        tracks = [track_from_bytes(r["track"]) for r in rows]
+        results = self.op([(t, image_from_bytes(r["image"]).rgb) for t, r in zip(tracks, rows)])
         updates = []
         for result in results:
             if isinstance(result, Rejected):
                 updates.append({"status": "rejected", "reason": result.reason, "detail": result.detail, "image": b"", "track": b""})
                 continue
-            bundle, _ = avatar_to_bytes(result.avatar)
-            extra = {"neighbours": result.neighbours.cpu().numpy(), "seen": result.seen.cpu().numpy()}
-            if result.mask is not None:
-                extra["mask"] = result.mask.cpu().numpy()
-            updates.append({"state": pack(avatar=np.frombuffer(bundle, dtype=np.uint8), quality=np.frombuffer(json.dumps(result.quality).encode(), dtype=np.uint8), **extra)})
+            updates.append({"state": reconstruction_to_bytes(result)})
         return updates
-
-    def _reconstruct_result(self, row: dict):
-        import torch
-
-        from avatar_ops.avatar.export import avatar_from_bytes
-        from avatar_ops.avatar.reconstruct import ReconstructResult
-
-        arrays = unpack(row["state"])
-        dev = self.body.device
-        avatar = avatar_from_bytes(arrays["avatar"].tobytes()).to(dev)
-        mask = torch.from_numpy(arrays["mask"]).to(dev) if "mask" in arrays else None
-        return ReconstructResult(
-            avatar=avatar, neighbours=torch.from_numpy(arrays["neighbours"]).to(dev), seen=torch.from_numpy(arrays["seen"]).to(dev),
-            mask=mask, quality=json.loads(arrays["quality"].tobytes()),
-        )  # fmt: skip
 
     def _fit(self, rows: list[dict]) -> list[dict]:
         from avatar_ops.avatar.export import avatar_to_bytes
 
-        recs = [self._reconstruct_result(r) for r in rows]
-        outcomes = self.op([(rec, _decoded(r).rgb, []) for rec, r in zip(recs, rows)])
+        recs = [reconstruction_from_bytes(r["state"], self.body.device) for r in rows]
+        outcomes = self.op([(rec, image_from_bytes(r["image"]).rgb, []) for rec, r in zip(recs, rows)])
         updates = []
         for rec, row, outcome in zip(recs, rows, outcomes):
-            quality = merged_quality(self._track_result(row), rec, outcome.quality)
-            bundle, _ = avatar_to_bytes(outcome.avatar)
-            updates.append({"state": pack(avatar=np.frombuffer(bundle, dtype=np.uint8)), "quality": json.dumps(quality)})
+            quality = merged_quality(track_from_bytes(row["track"]), rec, outcome.quality)
+            updates.append({"state": avatar_to_bytes(outcome.avatar)[0], "quality": json.dumps(quality)})
         return updates
 
     def _export(self, rows: list[dict]) -> list[dict]:
@@ -256,10 +219,10 @@ class OperatorStage:
 
         updates = []
         for row in rows:
-            avatar = avatar_from_bytes(unpack(row["state"])["avatar"].tobytes()).to(self.body.device)
+            avatar = avatar_from_bytes(row["state"]).to(self.body.device)
             out_dir = storage.join(self.output, "avatars", row["id"])
             files = export_result(
-                self.config, avatar, self.body, out_dir, row["source_uri"], self._track_result(row), json.loads(row["quality"]), _decoded(row).rgb, row_id=row["id"]
+                self.config, avatar, self.body, out_dir, row["source_uri"], track_from_bytes(row["track"]), json.loads(row["quality"]), image_from_bytes(row["image"]).rgb, row_id=row["id"]
             )
             updates.append({"status": "ok", "files": json.dumps(files), "image": b"", "track": b"", "state": b""})
         return updates

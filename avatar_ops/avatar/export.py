@@ -93,6 +93,23 @@ def gif_bytes(frames: np.ndarray, fps: float = 12.0) -> bytes:
     return buf.getvalue()
 
 
+def mp4_bytes(frames: np.ndarray, fps: float = 12.0) -> bytes:
+    """H.264 MP4 of [T, H, W, 3] uint8 frames (PyAV); odd sides are padded to even."""
+    import av
+
+    frames = np.asarray(frames)
+    t, h, w = frames.shape[:3]
+    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=max(1, round(fps)))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        container.mux(stream.encode())
+    return buf.getvalue()
+
+
 def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -12,43 +12,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from jobs.config import JobConfig
+from tests.inputs import bad_files
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {
     "pipeline": {"num_gaussians": 800, "fit": {"iters": 2, "resolution": 64}, "export": {"turntable_views": 2, "preview_size": 48, "animation_frames": 2}},
     "ray": {"num_cpus": 2},
 }
-
-
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _bad_files(samples_dir: Path) -> dict[str, tuple[bytes, str]]:
-    """name -> (bytes, expected reason)."""
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:480, 0:640]
-    scene = np.stack([(x / 640 * 255), (y / 480 * 200), np.full_like(x, 120.0)], -1).astype(np.uint8)
-    scene[300:420, 100:260] = (60, 140, 60)
-    gif = io.BytesIO()
-    Image.fromarray(scene).save(gif, format="GIF")
-    photo = (samples_dir / "man_wall_fullbody.jpg").read_bytes()
-    return {
-        "empty.jpg": (b"", "empty_file"),
-        "notes.png": (b"%PDF-1.4 not a photo" * 10, "not_an_image"),
-        "cut.jpg": (photo[: len(photo) // 3], "truncated_image"),
-        "tiny.png": (_png(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)), "too_small"),
-        "bomb.png": (_png(np.zeros((9000, 9000), np.uint8)), "too_many_pixels"),
-        "anim.png": (gif.getvalue(), "unsupported_format"),
-        "street.png": (_png(scene), "no_person"),
-    }
 
 
 def _read_manifest(uri: str):
@@ -107,7 +81,7 @@ def photo_folder(tmp_path_factory, samples_dir):
     (folder / "woman.jpg").write_bytes((samples_dir / "woman_dress_fullbody.jpg").read_bytes())
     (folder / "readme.txt").write_text("not listed: wrong extension")
     expected = {"nested/hoodie.png": ("ok", ""), "woman.jpg": ("ok", "")}
-    for name, (data, reason) in _bad_files(samples_dir).items():
+    for name, (data, reason) in bad_files(samples_dir).items():
         (folder / name).write_bytes(data)
         expected[name] = ("rejected", reason)
     return folder, expected

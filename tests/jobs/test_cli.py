@@ -14,7 +14,7 @@ def test_help_lists_every_command(capsys):
         build_parser().parse_args(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("track", "generate", "animate"):
+    for command in ("track", "generate", "animate", "batch", "submit", "serve"):
         assert command in out
 
 
@@ -43,3 +43,81 @@ def test_generate_then_animate(samples_dir, tmp_path, capsys):
     assert Image.open(gif).n_frames == 4
     with pytest.raises(SystemExit, match="bundled clip"):
         main(["animate", str(folder), "--motion", "moonwalk", "-o", str(gif)])
+
+
+def test_serve_config_files_build_the_app(monkeypatch):
+    """The production config (embedded by the RayService) and the local one both validate and
+    build the application with their per-deployment options."""
+    from serve.app import build_application
+    from serve.local import DEFAULT_CONFIG, REPO_CONFIG, load_serve_file
+
+    monkeypatch.setenv("AVATAR_API_KEYS", "k1, k2")
+    for path in (REPO_CONFIG, DEFAULT_CONFIG):
+        config = load_serve_file(path)
+        assert config.settings.all_api_keys() == ("k1", "k2")
+        assert set(config.deployments) == {"AvatarAPI", "tracking", "reconstruction", "fitting", "export"}
+        build_application(config.settings, config.deployments)
+    assert load_serve_file(REPO_CONFIG).deployments["fitting"]["ray_actor_options"]["num_gpus"] == 1
+
+
+def test_serve_refuses_to_start_open_without_keys(monkeypatch, capsys):
+    monkeypatch.delenv("AVATAR_API_KEYS", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve"])
+    assert "AVATAR_API_KEYS" in str(exit_info.value) and "auth: disabled" in str(exit_info.value)
+
+
+def test_serve_command_runs_until_sigterm_and_cleans_up(tmp_path):
+    """`avatar-forge serve` on an embedded Ray answers HTTP, and SIGTERM stops it: exit 0, the
+    port closed, no process of it left."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    import requests
+    import yaml
+
+    from serve.local import DEFAULT_CONFIG
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config["applications"][0]["args"].update(storage=str(tmp_path / "store"), pipeline={"preset": "preview", "num_gaussians": 800})
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", "serve", "--config", str(path), "--port", str(port), "--no-auth", "--num-cpus", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if requests.get(f"{base}/readyz", timeout=10).status_code == 200:
+                    break
+            except (requests.ConnectionError, requests.Timeout):
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail(f"`serve` did not become ready (exit code {proc.poll()})")
+        # --no-auth: no key needed; an unknown avatar is a 404, not a 401.
+        assert requests.get(f"{base}/v1/avatars/{'0' * 20}", timeout=30).status_code == 404
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "the embedded Ray runs as child processes"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out[-3000:]
+    assert "serving 'avatar' at" in out and "stopping" in out
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{base}/healthz", timeout=10)
+    gone, alive = psutil.wait_procs(children, timeout=60)
+    assert not alive, [p.info if hasattr(p, "info") else p.pid for p in alive]

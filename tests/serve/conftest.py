@@ -1,0 +1,70 @@
+"""The online API on a real local Ray (2 CPUs), bound to 127.0.0.1, spoken to over real HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+KEY = "test-key-123"
+#: Small enough for 2 cores: few Gaussians and iterations, tiny previews.
+FAST_PIPELINE = {
+    "num_gaussians": 800,
+    "fit": {"iters": 2, "resolution": 64},
+    "export": {"turntable_views": 2, "preview_size": 48, "animation_frames": 2},
+}
+#: The ingress admits few requests at once so that the overload test can exceed it.
+MAX_INFLIGHT = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclasses.dataclass
+class Api:
+    base: str
+    store: Path
+    settings: object
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="package")
+def api(tmp_path_factory) -> Api:
+    import ray
+    import requests
+    from ray import serve
+
+    from serve.app import build_application
+    from serve.config import ServeSettings
+
+    store = tmp_path_factory.mktemp("avatar-store")
+    port = free_port()
+    settings = ServeSettings(auth="api_key", api_keys=(KEY,), storage=str(store), max_upload_bytes=2_000_000, max_inflight_requests=MAX_INFLIGHT, pipeline=FAST_PIPELINE)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_application(settings), name="avatar", route_prefix="/", blocking=False)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{base}/readyz", timeout=10).status_code == 200:
+                    break
+            except (requests.ConnectionError, requests.Timeout):
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("the Serve app did not become ready within 300 s")
+        yield Api(base, store, settings)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
