@@ -21,6 +21,7 @@ from avatar_ops.avatar.fit import PRESETS, FitConfig, FittingOperator
 from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructionOperator, ReconstructResult
 from avatar_ops.io import storage
 from avatar_ops.io.image import DecodeConfig, DecodedImage, decode_image
+from avatar_ops.synthesis.operator import SynthesisConfig, SynthesisOperator, SynthesisResult
 from avatar_ops.tracking.operator import TrackingConfig, TrackingOperator, TrackInput, TrackResult
 from avatar_ops.types import FrozenConfig, Rejected
 
@@ -42,6 +43,8 @@ class PipelineConfig(FrozenConfig):
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     reconstruct: ReconstructConfig = Field(default_factory=ReconstructConfig, description="num_gaussians here is ignored: the preset (or `num_gaussians`) sets it.")
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig, description="Diffusion-refined pseudo-label views and poses (weights, per-mode settings).")
+    synthesis_mode: Literal["none", "view", "pose", "both"] = Field("none", description="Which pseudo-labels to synthesize for the fit; without `synthesis.model` the hints pass through unrefined and are not fitted to.")
     fit: FitConfig = Field(default_factory=FitConfig, description="preset here is ignored: the pipeline's preset sets it.")
     export: ExportConfig = Field(default_factory=ExportConfig)
 
@@ -61,6 +64,8 @@ class PipelineConfig(FrozenConfig):
         """A stable hash of the content-deciding settings (device excluded)."""
         data = self.model_dump(mode="json")
         data["tracking"].pop("device", None)
+        for key in ("device", "cache_dir", "compile", "decode_chunk_size"):  # where and how, not what
+            data["synthesis"].pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -81,10 +86,20 @@ class Outcome:
     files: dict[str, str] = dataclasses.field(default_factory=dict)
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     quality: dict[str, float] = dataclasses.field(default_factory=dict)
+    synthesis: SynthesisResult | None = None
 
 
-def merged_quality(track: TrackResult, rec: ReconstructResult, fit_quality: dict) -> dict[str, float]:
-    return {**{f"track_{k}": v for k, v in track.quality.items()}, **{f"reconstruct_{k}": v for k, v in rec.quality.items()}, **{f"fit_{k}": v for k, v in fit_quality.items()}}
+def merged_quality(track: TrackResult, rec: ReconstructResult, fit_quality: dict, synthesis: dict | None = None) -> dict[str, float]:
+    return {
+        **{f"track_{k}": v for k, v in track.quality.items()}, **{f"reconstruct_{k}": v for k, v in rec.quality.items()},
+        **{f"synthesis_{k}": v for k, v in (synthesis or {}).items()}, **{f"fit_{k}": v for k, v in fit_quality.items()},
+    }  # fmt: skip
+
+
+def fit_labels(result: SynthesisResult | None) -> list:
+    """The pseudo-labels the fit uses: refined frames only (unrefined hints are the avatar's own
+    renders and would teach it nothing)."""
+    return result.pseudo_labels() if result is not None and result.refined else []
 
 
 def export_result(
@@ -106,17 +121,24 @@ class AvatarPipeline:
         body = self.tracker.body
         self.reconstructor = ReconstructionOperator(self.config.reconstruct_config(), body)
         self.fitter = FittingOperator(self.config.fit_config(), body)
+        self.synthesizer = SynthesisOperator.from_config(self.config.synthesis, body) if self.config.synthesis_mode != "none" else None
 
-    def run(self, source: str, out_dir: str, keypoints: list[np.ndarray] | None = None) -> Outcome:
+    def run(self, source: str, out_dir: str, keypoints: list[np.ndarray] | None = None, stop_after: Literal["synthesize", "export"] = "export") -> Outcome:
+        """Every stage on one photo; ``stop_after="synthesize"`` returns the synthesized frames
+        (``Outcome.synthesis``) without fitting or exporting."""
         seconds: dict[str, float] = {}
         t = time.perf_counter()
         decoded = decode_image(storage.read_bytes(source), self.config.decode)
         seconds["decode"] = time.perf_counter() - t
         if isinstance(decoded, Rejected):
             return Outcome(source, "rejected", decoded.reason, decoded.detail, seconds=seconds)
-        return self.run_decoded(source, decoded, out_dir, keypoints, seconds)
+        return self.run_decoded(source, decoded, out_dir, keypoints, seconds, stop_after)
 
-    def run_decoded(self, source: str, decoded: DecodedImage, out_dir: str, keypoints=None, seconds: dict | None = None) -> Outcome:
+    def run_decoded(self, source: str, decoded: DecodedImage, out_dir: str, keypoints=None, seconds: dict | None = None, stop_after: str = "export") -> Outcome:
+        if stop_after not in ("synthesize", "export"):
+            raise ValueError(f"`stop_after` must be 'synthesize' or 'export', got {stop_after!r}.")
+        if stop_after == "synthesize" and self.synthesizer is None:
+            raise ValueError("stop_after='synthesize' needs a synthesis_mode other than 'none'.")
         seconds = dict(seconds or {})
         t = time.perf_counter()
         track = self.tracker([TrackInput(decoded, keypoints)])[0]
@@ -128,11 +150,18 @@ class AvatarPipeline:
         seconds["reconstruct"] = time.perf_counter() - t
         if isinstance(rec, Rejected):
             return Outcome(source, "rejected", rec.reason, rec.detail, seconds=seconds)
+        synthesis = None
+        if self.synthesizer is not None:
+            t = time.perf_counter()
+            synthesis = self.synthesizer([(rec.avatar, decoded.rgb, self.config.synthesis_mode)])[0]
+            seconds["synthesize"] = time.perf_counter() - t
+            if stop_after == "synthesize":
+                return Outcome(source, "ok", seconds=seconds, quality=synthesis.summary(), synthesis=synthesis)
         t = time.perf_counter()
-        fitted = self.fitter([(rec, decoded.rgb, [])])[0]
+        fitted = self.fitter([(rec, decoded.rgb, fit_labels(synthesis))])[0]
         seconds["fit"] = time.perf_counter() - t
         t = time.perf_counter()
-        quality = merged_quality(track, rec, fitted.quality)
+        quality = merged_quality(track, rec, fitted.quality, synthesis.summary() if synthesis else None)
         files = export_result(self.config, fitted.avatar, self.tracker.body, out_dir, source, track, quality, decoded.rgb)
         seconds["export"] = time.perf_counter() - t
         return Outcome(source, "ok", files=files, seconds=seconds, quality=quality)

@@ -25,12 +25,12 @@ from collections.abc import Iterator
 
 from avatar_ops.io import storage
 from jobs.config import JobConfig
-from jobs.stages import OperatorStage, decode_batch
+from jobs.stages import STAGE_KINDS, OperatorStage, decode_batch
 
 log = logging.getLogger("avatar_forge.batch")
 
 MANIFEST_FIELDS = ("id", "source_uri", "status", "reason", "detail", "avatar_uri", "bundle_uri", "ply_uri", "preview_uri", "files",
-                   "seconds_decode", "seconds_track", "seconds_reconstruct", "seconds_fit", "seconds_export", "seconds_total",
+                   "seconds_decode", "seconds_track", "seconds_reconstruct", "seconds_synthesize", "seconds_fit", "seconds_export", "seconds_total",
                    "psnr", "mask_iou", "quality", "config_digest", "content_id", "resumed")  # fmt: skip
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 
@@ -86,18 +86,20 @@ def write_listing(input_uri: str, output: str, config: JobConfig) -> str:
     return uri
 
 
-def _manifest_dataset(input_uri: str):
-    """A user manifest -> dataset with row_index, id, source_uri, options."""
+def _manifest_dataset(input_uri: str, num_cpus: float):
+    """A user manifest -> dataset with row_index, id, source_uri, options. Reads ask for
+    ``num_cpus`` (the decode stage's), not a whole core, so they fit beside the actor pools."""
     import ray.data
 
     fs, path = _arrow_fs(input_uri)
     lower = input_uri.lower()
+    remote = {"num_cpus": num_cpus}
     if lower.endswith(".parquet"):
-        ds = ray.data.read_parquet(path, filesystem=fs)
+        ds = ray.data.read_parquet(path, filesystem=fs, ray_remote_args=remote)
     elif lower.endswith(".csv"):
-        ds = ray.data.read_csv(path, filesystem=fs)
+        ds = ray.data.read_csv(path, filesystem=fs, ray_remote_args=remote)
     else:
-        ds = ray.data.read_json(path, filesystem=fs)  # newline-delimited JSON
+        ds = ray.data.read_json(path, filesystem=fs, ray_remote_args=remote)  # newline-delimited JSON
     columns = set(ds.columns())
     if "uri" not in columns:
         raise ValueError(f"the manifest {input_uri!r} needs a `uri` column; it has {sorted(columns)}.")
@@ -119,18 +121,19 @@ def _manifest_dataset(input_uri: str):
             options.append(json.dumps(opts, default=str))
         return {"id": np.asarray(ids, dtype=object), "source_uri": np.asarray([str(u) for u in batch["uri"]], dtype=object), "options": np.asarray(options, dtype=object)}
 
-    ds = ds.map_batches(normalise, batch_format="numpy")
+    ds = ds.map_batches(normalise, batch_format="numpy", num_cpus=num_cpus)
     return ds
 
 
 def build_dataset(input_uri: str, output: str, config: JobConfig, limit: int | None = None):
     import ray.data
 
+    read_cpus = config.stages.decode.num_cpus
     if input_uri.lower().endswith(MANIFEST_SUFFIXES):
-        ds = _manifest_dataset(input_uri)
+        ds = _manifest_dataset(input_uri, read_cpus)
     else:
         fs, path = _arrow_fs(write_listing(input_uri, output, config))
-        ds = ray.data.read_parquet(path, filesystem=fs)
+        ds = ray.data.read_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": read_cpus})
     if limit is not None:
         ds = ds.limit(limit)
     config_json = config.pipeline.model_dump_json()
@@ -141,7 +144,9 @@ def build_dataset(input_uri: str, output: str, config: JobConfig, limit: int | N
         decode_batch, fn_kwargs={"config_json": config_json, "output": output}, batch_size=st.decode.batch_size,
         num_cpus=st.decode.num_cpus, batch_format="numpy", ray_remote_args_fn=lambda: {"max_retries": task_retries},
     )  # fmt: skip
-    for kind in ("track", "reconstruct", "fit", "export"):
+    for kind in STAGE_KINDS:
+        if kind == "synthesize" and config.pipeline.synthesis_mode == "none":
+            continue
         res = getattr(st, kind)
         ds = ds.map_batches(
             OperatorStage, fn_constructor_kwargs={"kind": kind, "config_json": config_json, "output": output, "threads": res.threads},
@@ -149,7 +154,7 @@ def build_dataset(input_uri: str, output: str, config: JobConfig, limit: int | N
             batch_size=res.batch_size, num_cpus=res.num_cpus, num_gpus=res.num_gpus, batch_format="numpy",
             ray_remote_args_fn=lambda: dict(actor_retries),
         )  # fmt: skip
-    return ds.drop_columns(["image", "track", "state", "options"])
+    return ds.drop_columns(["image", "track", "state", "labels", "options"])
 
 
 def _manifest_row(row: dict) -> dict:
@@ -164,7 +169,7 @@ def _manifest_row(row: dict) -> dict:
         "psnr": quality.get("fit_psnr"), "mask_iou": quality.get("track_mask_iou"), "quality": json.dumps(quality),
         "config_digest": row["config_digest"], "content_id": row.get("content_id") or None, "resumed": bool(row["resumed"]),
     }  # fmt: skip
-    for stage in ("decode", "track", "reconstruct", "fit", "export"):
+    for stage in ("decode", *STAGE_KINDS):
         out[f"seconds_{stage}"] = seconds.get(stage)
     return out
 

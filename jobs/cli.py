@@ -14,6 +14,8 @@ EPILOG = """examples:
   avatar-forge track photo.jpg --keypoints photo_openpose.json -o out/track
   avatar-forge track photo.jpg --body smplx --smplx-path /models/smplx -o out/track
   avatar-forge generate samples/man_hoodie_masked.png -o out/avatars --preset preview
+  avatar-forge generate photo.jpg --synthesis-model /models/svd-img2vid --synthesis-mode both
+  avatar-forge synthesize photo.jpg --synthesis-model s3://models/svd-img2vid -o out/synthesis
   avatar-forge animate out/avatars/man_hoodie_masked --motion wave -o out/wave.gif
 
 Body models: `anny` (default) ships in its wheel and runs offline; its first build takes about a
@@ -118,7 +120,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from avatar_ops.io import storage
     from avatar_ops.pipeline import AvatarPipeline, PipelineConfig
 
-    pipeline = AvatarPipeline(PipelineConfig(preset=args.preset, tracking=_tracking_config(args), fit=FitConfig(iters=args.fit_iters)))
+    pipeline = AvatarPipeline(
+        PipelineConfig(preset=args.preset, tracking=_tracking_config(args), fit=FitConfig(iters=args.fit_iters), **_synthesis_settings(args, default_mode="none"))
+    )
     failures = 0
     for photo in args.photos:
         stem = Path(photo).stem
@@ -138,6 +142,78 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"{photo}: ok psnr={q['fit_psnr']:.1f}dB (from {q['fit_psnr_before']:.1f}) alpha_iou={q['fit_alpha_iou']:.2f} "
             f"{total:.1f}s ({', '.join(f'{k} {v:.1f}s' for k, v in outcome.seconds.items())}) -> {out_dir}"
         )
+    return 1 if failures else 0
+
+
+def _synthesis_settings(args: argparse.Namespace, default_mode: str) -> dict:
+    """PipelineConfig fields from --synthesis-model/--synthesis-mode (a model alone means both modes)."""
+    from avatar_ops.synthesis.operator import SynthesisConfig
+
+    mode = args.synthesis_mode or ("both" if args.synthesis_model else default_mode)
+    extra = {k: v for k, v in {"size": args.synthesis_size, "seed": args.synthesis_seed}.items() if v is not None}
+    modes = {}
+    for name in ("view", "pose"):
+        count = getattr(args, f"{name}_frames")
+        if count is not None:
+            modes[name] = {"num_frames": count}
+    return {"synthesis_mode": mode, "synthesis": SynthesisConfig.model_validate({"model": args.synthesis_model, "device": args.device, **extra, **modes})}
+
+
+def _add_synthesis_args(p: argparse.ArgumentParser, default_mode: str) -> None:
+    p.add_argument("--synthesis-model", metavar="PATH_OR_URI", help="StableVideoDiffusionPipeline folder (save_pretrained) or fsspec URI; without it the hints pass through unrefined")
+    p.add_argument("--synthesis-mode", choices=["none", "view", "pose", "both"], default=None, help=f"pseudo-labels to synthesize (default: both with --synthesis-model, else {default_mode})")
+    p.add_argument("--view-frames", type=int, default=None, help="synthesized views on the orbit (default: 8)")
+    p.add_argument("--pose-frames", type=int, default=None, help="synthesized frames of the motion clip (default: 8)")
+    p.add_argument("--synthesis-size", type=int, default=None, help="side of the synthesized frames in pixels (default: 256)")
+    p.add_argument("--synthesis-seed", type=int, default=None, help="noise seed of the synthesis (default: 0)")
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from avatar_ops.avatar.export import gif_bytes, png_bytes
+    from avatar_ops.io import storage
+    from avatar_ops.pipeline import AvatarPipeline, PipelineConfig
+    from avatar_ops.synthesis.diffusion import SynthesisModelError
+
+    try:
+        settings = _synthesis_settings(args, default_mode="both")
+        if settings["synthesis_mode"] == "none":
+            raise SystemExit("error: --synthesis-mode none leaves nothing to synthesize")
+        pipeline = AvatarPipeline(PipelineConfig(tracking=_tracking_config(args), **settings))
+    except SynthesisModelError as err:
+        raise SystemExit(f"error: {err}") from err
+    failures = 0
+    for photo in args.photos:
+        out_dir = storage.join(args.output, Path(photo).stem)
+        try:
+            outcome = pipeline.run(photo, out_dir, stop_after="synthesize")
+        except FileNotFoundError:
+            print(f"{photo}: FAILED file not found")
+            failures += 1
+            continue
+        if outcome.status != "ok":
+            print(f"{photo}: REJECTED {outcome.reason}: {outcome.detail}")
+            continue
+        result = outcome.synthesis
+        frames = (result.frames.clamp(0, 1) * 255).round().byte().cpu().numpy()
+        counters: dict[str, int] = {}
+        records = []
+        for i, mode in enumerate(result.modes):
+            k = counters[mode] = counters.get(mode, -1) + 1
+            name = f"{mode}_{k:03d}.png"
+            hint = result.hints[mode].rgb[k]
+            storage.write_bytes(storage.join(out_dir, "frames", name), png_bytes(frames[i]))
+            storage.write_bytes(storage.join(out_dir, "hints", name), png_bytes((hint.clamp(0, 1) * 255).round().byte().cpu().numpy()))
+            records.append({
+                "frame": f"frames/{name}", "hint": f"hints/{name}", "mode": mode, "weight": result.weights[i],
+                "viewmat": result.cameras.viewmats[i].tolist(), "K": result.cameras.Ks[i].tolist(),
+                "pose": result.pose[i].tolist(), "transl": result.transl[i].tolist(),
+            })  # fmt: skip
+        meta = {"source": photo, "refined": result.refined, "width": result.cameras.width, "height": result.cameras.height, "frames": records}
+        storage.write_bytes(storage.join(out_dir, "frames.json"), json.dumps(meta, indent=1).encode())
+        storage.write_bytes(storage.join(out_dir, "synthesis.gif"), gif_bytes(np.asarray(frames), fps=6))
+        print(f"{photo}: {len(records)} frames ({', '.join(f'{m} {c + 1}' for m, c in counters.items())}), refined={result.refined} -> {out_dir}")
     return 1 if failures else 0
 
 
@@ -270,8 +346,23 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-o", "--output", default="out/avatars", help="output folder or URI (default: out/avatars)")
     gen.add_argument("--preset", choices=["preview", "standard", "high"], default="preview", help="fit quality: resolution, Gaussians, iterations (default: preview)")
     gen.add_argument("--fit-iters", type=int, default=None, help="override the preset's fitting iterations")
+    _add_synthesis_args(gen, default_mode="none")
     _add_body_args(gen)
     gen.set_defaults(func=cmd_generate)
+
+    syn = _command(
+        sub,
+        "synthesize",
+        summary="write the synthesized pseudo-label frames of each photo (no fit, no export)",
+        description="Track and reconstruct each photo, render appearance hints for new views (an orbit) and new poses "
+        "(a motion clip), refine them with the video diffusion model, and write OUTPUT/<stem>/frames/*.png, hints/*.png, "
+        "frames.json (mode, camera, pose, weight per frame; refined true/false) and synthesis.gif.",
+    )
+    syn.add_argument("photos", nargs="+", metavar="PHOTO", help="image files: local paths or fsspec URIs")
+    syn.add_argument("-o", "--output", default="out/synthesis", help="output folder or URI (default: out/synthesis)")
+    _add_synthesis_args(syn, default_mode="both")
+    _add_body_args(syn)
+    syn.set_defaults(func=cmd_synthesize)
 
     anim = _command(
         sub,

@@ -33,6 +33,7 @@ class StagesConfig(FrozenConfig):
     decode: StageResources = Field(default_factory=lambda: _stage(8, num_cpus=0.1))
     track: StageResources = Field(default_factory=lambda: _stage(8))
     reconstruct: StageResources = Field(default_factory=lambda: _stage(4))
+    synthesize: StageResources = Field(default_factory=lambda: _stage(1), description="Runs only when pipeline.synthesis_mode is not `none`; give it the GPUs.")
     fit: StageResources = Field(default_factory=lambda: _stage(1))
     export: StageResources = Field(default_factory=lambda: _stage(1))
 

@@ -18,12 +18,22 @@ from typing import Any
 import numpy as np
 
 from avatar_ops.io import storage
-from avatar_ops.io.codec import image_from_bytes, image_to_bytes, reconstruction_from_bytes, reconstruction_to_bytes, track_from_bytes, track_to_bytes
+from avatar_ops.io.codec import (
+    image_from_bytes,
+    image_to_bytes,
+    labels_from_bytes,
+    reconstruction_from_bytes,
+    reconstruction_to_bytes,
+    synthesis_to_bytes,
+    track_from_bytes,
+    track_to_bytes,
+)
 from avatar_ops.io.image import decode_image
 from avatar_ops.pipeline import PipelineConfig, avatar_id, export_result, merged_quality
 from avatar_ops.types import Rejected
 
 FINAL = ("ok", "rejected", "failed")
+STAGE_KINDS = ("track", "reconstruct", "synthesize", "fit", "export")
 
 
 def record_uri(output: str, row_id: str, source_uri: str) -> str:
@@ -59,7 +69,7 @@ def _add_seconds(row: dict, stage: str, seconds: float) -> None:
 
 
 def _finish(row: dict, status: str, reason: str = "", detail: str = "") -> None:
-    row.update(status=status, reason=reason, detail=detail, image=b"", track=b"", state=b"")
+    row.update(status=status, reason=reason, detail=detail, image=b"", track=b"", state=b"", labels=b"")
 
 
 def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str) -> dict[str, np.ndarray]:
@@ -70,7 +80,7 @@ def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str) ->
     rows = to_rows(batch)
     for row in rows:
         t0 = time.perf_counter()
-        row.update(config_digest=digest, content_id="", seconds="{}", quality="{}", files="{}", reason="", detail="", image=b"", track=b"", state=b"", resumed=False, status="pending")
+        row.update(config_digest=digest, content_id="", seconds="{}", quality="{}", files="{}", reason="", detail="", image=b"", track=b"", state=b"", labels=b"", resumed=False, status="pending")
         try:
             data = storage.read_bytes(row["source_uri"])
         except FileNotFoundError:
@@ -120,7 +130,7 @@ def _keypoints(row: dict):
 
 class OperatorStage:
     """The adapter: one callable class for every operator stage (``kind``: track, reconstruct,
-    fit or export). The operator is built once per actor."""
+    synthesize, fit or export). The operator is built once per actor."""
 
     def __init__(self, kind: str, config_json: str, output: str, threads: int | None = None) -> None:
         import os
@@ -130,8 +140,8 @@ class OperatorStage:
         from avatar_ops.body import build_body_model, resolve_device
 
         torch.set_num_threads(threads or os.cpu_count() or 1)
-        if kind not in ("track", "reconstruct", "fit", "export"):
-            raise ValueError(f"`kind` must be track, reconstruct, fit or export, got {kind!r}.")
+        if kind not in STAGE_KINDS:
+            raise ValueError(f"`kind` must be one of {STAGE_KINDS}, got {kind!r}.")
         self.kind = kind
         self.output = output
         self.config = PipelineConfig.model_validate_json(config_json)
@@ -150,6 +160,10 @@ class OperatorStage:
                 from avatar_ops.avatar.fit import FittingOperator
 
                 self.op = FittingOperator(self.config.fit_config(), self.body)
+            elif kind == "synthesize":
+                from avatar_ops.synthesis.operator import SynthesisOperator
+
+                self.op = SynthesisOperator.from_config(self.config.synthesis, self.body)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = to_rows(batch)
@@ -203,15 +217,21 @@ class OperatorStage:
             updates.append({"state": reconstruction_to_bytes(result)})
         return updates
 
+    def _synthesize(self, rows: list[dict]) -> list[dict]:
+        recs = [reconstruction_from_bytes(r["state"], self.body.device) for r in rows]
+        results = self.op([(rec.avatar, image_from_bytes(r["image"]).rgb, self.config.synthesis_mode) for rec, r in zip(recs, rows)])
+        return [{"labels": synthesis_to_bytes(result)} for result in results]
+
     def _fit(self, rows: list[dict]) -> list[dict]:
         from avatar_ops.avatar.export import avatar_to_bytes
 
         recs = [reconstruction_from_bytes(r["state"], self.body.device) for r in rows]
-        outcomes = self.op([(rec, image_from_bytes(r["image"]).rgb, []) for rec, r in zip(recs, rows)])
+        synthesized = [labels_from_bytes(r["labels"], self.body.device) if r["labels"] else ([], None) for r in rows]
+        outcomes = self.op([(rec, image_from_bytes(r["image"]).rgb, labels) for rec, r, (labels, _) in zip(recs, rows, synthesized)])
         updates = []
-        for rec, row, outcome in zip(recs, rows, outcomes):
-            quality = merged_quality(track_from_bytes(row["track"]), rec, outcome.quality)
-            updates.append({"state": avatar_to_bytes(outcome.avatar)[0], "quality": json.dumps(quality)})
+        for rec, row, outcome, (_, summary) in zip(recs, rows, outcomes, synthesized):
+            quality = merged_quality(track_from_bytes(row["track"]), rec, outcome.quality, summary)
+            updates.append({"state": avatar_to_bytes(outcome.avatar)[0], "quality": json.dumps(quality), "labels": b""})
         return updates
 
     def _export(self, rows: list[dict]) -> list[dict]:

@@ -1,6 +1,6 @@
 """The one adapter that turns an ``avatar_ops`` operator into a Serve deployment.
 
-Every stage deployment (tracking, reconstruction, fitting, export) is this class with another
+Every stage deployment (tracking, reconstruction, synthesis, fitting, export) is this class with another
 ``kind``. Requests are grouped by ``@serve.batch`` and the operator runs in a worker thread, so
 the replica's event loop stays free (health checks, queued requests). State travels between
 deployments as bytes (:mod:`avatar_ops.io.codec`), exactly as between the batch job's stages.
@@ -23,15 +23,17 @@ from ray import serve
 from avatar_ops.io import storage
 from avatar_ops.io.codec import (
     image_from_bytes,
+    labels_from_bytes,
     reconstruction_from_bytes,
     reconstruction_to_bytes,
+    synthesis_to_bytes,
     track_from_bytes,
     track_to_bytes,
 )
 from avatar_ops.pipeline import PipelineConfig, export_result, merged_quality
 from avatar_ops.types import Rejected
 
-KINDS = ("track", "reconstruct", "fit", "export")
+KINDS = ("track", "reconstruct", "synthesize", "fit", "export")
 
 
 def _rejected(result: Rejected) -> dict:
@@ -42,7 +44,7 @@ class OperatorDeployment:
     """A replica of one operator stage.
 
     Args:
-        kind: ``track``, ``reconstruct``, ``fit`` or ``export``.
+        kind: ``track``, ``reconstruct``, ``synthesize``, ``fit`` or ``export``.
         pipeline_json: the :class:`~avatar_ops.pipeline.PipelineConfig` (JSON); a request's
             ``preset`` swaps in another quality preset.
         batch_json: ``{"max_batch_size", "batch_wait_timeout_s"}`` for ``@serve.batch`` (JSON);
@@ -68,6 +70,10 @@ class OperatorDeployment:
             self.body = self.op.body
         else:
             self.body = build_body_model(self.config.tracking.body, resolve_device(self.config.tracking.device))
+        if kind == "synthesize":
+            from avatar_ops.synthesis.operator import SynthesisOperator
+
+            self.op = SynthesisOperator.from_config(self.config.synthesis, self.body)  # weights load here, once
         batch = json.loads(batch_json) if batch_json else {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}
         self.run.set_max_batch_size(batch["max_batch_size"])
         self.run.set_batch_wait_timeout_s(batch["batch_wait_timeout_s"])
@@ -134,15 +140,22 @@ class OperatorDeployment:
                 out[i] = _rejected(r) if isinstance(r, Rejected) else {"status": "ok", "state": reconstruction_to_bytes(r)}
         return out  # type: ignore[return-value]
 
-    def _fit(self, items: list[tuple[bytes, bytes, bytes, str]]) -> list[dict]:
-        """(state bytes, track bytes, image bytes, preset) -> fitted ``avatar`` bytes and ``quality``."""
+    def _synthesize(self, items: list[tuple[bytes, bytes, str]]) -> list[dict]:
+        """(state bytes, image bytes, mode) -> pseudo-label ``labels`` bytes."""
+        recs = [reconstruction_from_bytes(state, self.body.device) for state, _, _ in items]
+        results = self.op([(rec.avatar, image_from_bytes(image).rgb, mode) for rec, (_, image, mode) in zip(recs, items)])
+        return [{"status": "ok", "labels": synthesis_to_bytes(r)} for r in results]
+
+    def _fit(self, items: list[tuple[bytes, bytes, bytes, str, bytes | None]]) -> list[dict]:
+        """(state, track, image, preset, labels or None) bytes -> fitted ``avatar`` bytes and ``quality``."""
         from avatar_ops.avatar.export import avatar_to_bytes
 
         out = []
-        for state, track, image, preset in items:
+        for state, track, image, preset, labels in items:
             rec = reconstruction_from_bytes(state, self.body.device)
-            outcome = self._operator(preset)([(rec, image_from_bytes(image).rgb, [])])[0]
-            quality = merged_quality(track_from_bytes(track), rec, outcome.quality)
+            pseudo, summary = labels_from_bytes(labels, self.body.device) if labels else ([], None)
+            outcome = self._operator(preset)([(rec, image_from_bytes(image).rgb, pseudo)])[0]
+            quality = merged_quality(track_from_bytes(track), rec, outcome.quality, summary)
             out.append({"status": "ok", "avatar": avatar_to_bytes(outcome.avatar)[0], "quality": quality})
         return out
 

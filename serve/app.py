@@ -42,7 +42,7 @@ from serve.store import CONTENT_TYPES, FINAL, AvatarStore, valid_id
 
 API_VERSION = "v1"
 PRESETS = ("preview", "standard", "high")
-SYNTHESIS_MODES = ("none",)
+SYNTHESIS_MODES = ("none", "view", "pose", "both")
 #: Decoder rejections that mean "this is not a photo we take" (415); the rest are 422.
 UNSUPPORTED_TYPE = ("not_an_image", "unsupported_format")
 OPTION_FIELDS = {"preset", "synthesis_mode", "keypoints", "clip", "format", "frames", "size"}
@@ -51,6 +51,7 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "AvatarAPI": {"max_ongoing_requests": 32, "max_queued_requests": 64, "ray_actor_options": {"num_cpus": 0.1}},
     "tracking": {"max_ongoing_requests": 8, "ray_actor_options": {"num_cpus": 0.25}},
     "reconstruction": {"max_ongoing_requests": 4, "ray_actor_options": {"num_cpus": 0.25}},
+    "synthesis": {"max_ongoing_requests": 2, "ray_actor_options": {"num_cpus": 0.25}},
     "fitting": {"max_ongoing_requests": 2, "ray_actor_options": {"num_cpus": 0.25}},
     "export": {"max_ongoing_requests": 4, "ray_actor_options": {"num_cpus": 0.25}},
 }
@@ -155,11 +156,13 @@ def _int_option(options: dict, key: str, default: int, low: int, high: int) -> i
 class AvatarAPI:
     """The ingress: validates requests, calls the stage deployments, keeps avatar jobs' status."""
 
-    def __init__(self, settings_json: str, tracker: DeploymentHandle, reconstructor: DeploymentHandle, fitter: DeploymentHandle, exporter: DeploymentHandle) -> None:
+    def __init__(
+        self, settings_json: str, tracker: DeploymentHandle, reconstructor: DeploymentHandle, synthesizer: DeploymentHandle, fitter: DeploymentHandle, exporter: DeploymentHandle
+    ) -> None:
         self.settings = ServeSettings.model_validate_json(settings_json)
         keys = self.settings.all_api_keys() if self.settings.auth == "api_key" else None
         configure_guard(keys, self.settings.max_upload_bytes, self.settings.max_inflight_requests)
-        self.tracker, self.reconstructor, self.fitter, self.exporter = tracker, reconstructor, fitter, exporter
+        self.tracker, self.reconstructor, self.synthesizer, self.fitter, self.exporter = tracker, reconstructor, synthesizer, fitter, exporter
         self.store = AvatarStore(self.settings.storage)
         self.jobs: dict[str, asyncio.Task] = {}
         self.slots = asyncio.Semaphore(self.settings.max_concurrent_avatars)
@@ -207,7 +210,7 @@ class AvatarAPI:
 
     @api.get("/readyz", tags=["health"])
     async def readyz(self) -> JSONResponse:
-        stages = {"tracking": self.tracker, "reconstruction": self.reconstructor, "fitting": self.fitter, "export": self.exporter}
+        stages = {"tracking": self.tracker, "reconstruction": self.reconstructor, "synthesis": self.synthesizer, "fitting": self.fitter, "export": self.exporter}
         ready = {}
         for name, handle in stages.items():
             try:
@@ -246,10 +249,10 @@ class AvatarAPI:
         """Start an avatar job; 202 with its id (200 when the same photo and options already finished)."""
         files, options = await read_request(request, ("image",))
         preset = _choice(options, "preset", PRESETS, self.settings.pipeline.preset)
-        mode = _choice(options, "synthesis_mode", SYNTHESIS_MODES, "none")
+        mode = _choice(options, "synthesis_mode", SYNTHESIS_MODES, self.settings.pipeline.synthesis_mode)
         data = files.get("image")
         decoded = await self._decode(data)
-        config = self.settings.pipeline_for(preset)
+        config = self.settings.pipeline_for(preset, mode)
         avatar = avatar_id(data, config.digest())
         existing = await asyncio.to_thread(self.store.read_status, avatar)
         if existing is not None and (existing["status"] in ("ok", "rejected") or avatar in self.jobs):
@@ -262,7 +265,8 @@ class AvatarAPI:
         return JSONResponse(self._status_body(status), status_code=202)
 
     async def _make_avatar(self, status: dict, image: bytes) -> None:
-        avatar, preset = status["id"], status["preset"]
+        avatar, preset, mode = status["id"], status["preset"], status["synthesis_mode"]
+        labels = None
         seconds: dict[str, float] = {}
 
         async def stage(name: str, response) -> dict:
@@ -278,8 +282,13 @@ class AvatarAPI:
                 if result["status"] == "ok":
                     track = result["track"]
                     result = await stage("reconstruct", self.reconstructor.remote(track, image, preset))
+                if result["status"] == "ok" and mode != "none":
+                    state = result["state"]
+                    result = await stage("synthesize", self.synthesizer.remote(state, image, mode))
+                    labels = result.get("labels")
+                    result = {**result, "state": state}
                 if result["status"] == "ok":
-                    result = await stage("fit", self.fitter.remote(result["state"], track, image, preset))
+                    result = await stage("fit", self.fitter.remote(result["state"], track, image, preset, labels))
                 if result["status"] == "ok":
                     quality = result["quality"]
                     out_dir = self.store.folder(avatar)
@@ -337,7 +346,7 @@ class AvatarAPI:
 
 
 def build_application(settings: ServeSettings, options: dict[str, dict] | None = None) -> Application:
-    """The app: ingress + tracking, reconstruction, fitting and export deployments, each made by
+    """The app: ingress + tracking, reconstruction, synthesis, fitting and export deployments, each made by
     the one adapter. ``options`` maps deployment names to Serve options (replicas, autoscaling,
     ``ray_actor_options``, queue limits) over :data:`DEFAULT_OPTIONS`."""
     options = options or {}
@@ -362,7 +371,7 @@ def build_application(settings: ServeSettings, options: dict[str, dict] | None =
 
     return AvatarAPI.options(**merged("AvatarAPI")).bind(
         settings.model_dump_json(), bind("tracking", "track", settings.track_batch), bind("reconstruction", "reconstruct", settings.reconstruct_batch),
-        bind("fitting", "fit"), bind("export", "export"),
+        bind("synthesis", "synthesize"), bind("fitting", "fit"), bind("export", "export"),
     )  # fmt: skip
 
 

@@ -52,6 +52,9 @@ class ServeSettings(FrozenConfig):
         extra = tuple(k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip())
         return tuple(k for k in self.api_keys if k) + extra
 
-    def pipeline_for(self, preset: str | None) -> PipelineConfig:
-        """The pipeline config of one request (its preset, else the default)."""
-        return self.pipeline.with_preset(preset)
+    def pipeline_for(self, preset: str | None, synthesis_mode: str | None = None) -> PipelineConfig:
+        """The pipeline config of one request (its preset and synthesis mode, else the defaults)."""
+        config = self.pipeline.with_preset(preset)
+        if synthesis_mode is not None and synthesis_mode != config.synthesis_mode:
+            config = PipelineConfig.model_validate({**config.model_dump(), "synthesis_mode": synthesis_mode})
+        return config

@@ -76,7 +76,7 @@ def ply_bytes(avatar: GaussianAvatar, body: BodyModel, pose: str = "photo") -> b
     return header.encode("ascii") + data.tobytes()
 
 
-def _png(frame: np.ndarray) -> bytes:
+def png_bytes(frame: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
@@ -161,7 +161,7 @@ def export_avatar(
         "avatar.json": json.dumps({**meta, "versions": package_versions(), **(extra or {})}, indent=2, default=float).encode(),
         "avatar.ply": ply_bytes(avatar, body, "photo"),
         "avatar_canonical.ply": ply_bytes(avatar, body, "canonical"),
-        "preview.png": _png(frames[0]),
+        "preview.png": png_bytes(frames[0]),
         "turntable.gif": gif_bytes(frames),
         "animation.gif": gif_bytes(moving, fps=min(motion.fps, 30.0)),
         "contact_sheet.png": contact_sheet(photo, fitted, frames[len(frames) // 2], picks, preview_size),

@@ -143,7 +143,7 @@ class FittingOperator:
         mask = self._photo_mask(rec, cams)
         views = [(image, mask, cams, avatar.source_pose, avatar.source_transl, 1.0)]
         for label in labels:
-            views.append((label.image.to(dev), label.mask.to(dev), label.camera.to(dev), label.pose.to(dev), label.transl.to(dev), cfg.pseudo_label_weight if label.weight is None else label.weight))
+            views.append((*self._label_at_resolution(label, settings["resolution"]), label.pose.to(dev), label.transl.to(dev), cfg.pseudo_label_weight if label.weight is None else label.weight))
 
         params = {name: getattr(avatar, name).clone().requires_grad_(True) for name in ("offset", "rotation", "log_scale", "opacity_logit", "color")}
         groups = [
@@ -187,6 +187,17 @@ class FittingOperator:
             "pseudo_labels": float(len(labels)),
         }
         return FitOutcome(avatar=fitted, quality=quality)
+
+    def _label_at_resolution(self, label: PseudoLabel, resolution: int) -> tuple[Tensor, Tensor, Cameras]:
+        """A pseudo-label's image, mask and camera, downscaled to the fit's resolution."""
+        dev = self.body.device
+        image, mask, cam = label.image.to(dev).float(), label.mask.to(dev).float(), label.camera.to(dev)
+        scale = min(1.0, resolution / max(cam.width, cam.height))
+        if scale < 1.0:
+            cam = cam.scaled(scale)
+            image = F.interpolate(image.permute(2, 0, 1)[None], size=(cam.height, cam.width), mode="area")[0].permute(1, 2, 0)
+            mask = F.interpolate(mask[None, None], size=(cam.height, cam.width), mode="area")[0, 0]
+        return image, mask, cam
 
     def _photo_mask(self, rec: ReconstructResult, cams: Cameras) -> Tensor:
         """The person mask at the fit's resolution (from tracking); the whole frame if there is none."""

@@ -139,7 +139,9 @@ def test_rerun_skips_finished_rows_and_duplicates_nothing(folder_run):
 
 
 def test_manifest_input_with_ids_and_a_row_that_raises(local_ray, samples_dir, tmp_path):
+    """Also the synthesize stage (a tiny SVD pipeline, both modes) between reconstruct and fit."""
     from jobs.batch import run_job
+    from tests.svd_tiny import make_tiny_svd
 
     photo = str(samples_dir / "man_hoodie_masked.png")
     lines = [
@@ -150,10 +152,18 @@ def test_manifest_input_with_ids_and_a_row_that_raises(local_ray, samples_dir, t
     manifest = tmp_path / "inputs.jsonl"
     manifest.write_text("\n".join(json.dumps(line) for line in lines))
     out = tmp_path / "out"
-    run_job(str(manifest), str(out), JobConfig.model_validate(FAST), progress=False)
+    synthesis = {
+        "synthesis_mode": "both",
+        "synthesis": {"model": str(make_tiny_svd(tmp_path / "svd")), "size": 32, "view": {"num_frames": 2, "steps": 2, "window": 4}, "pose": {"num_frames": 2, "steps": 2, "window": 4}},
+    }
+    config = JobConfig.model_validate({**FAST, "pipeline": {**FAST["pipeline"], **synthesis}})
+    run_job(str(manifest), str(out), config, progress=False)
     rows = {r["id"]: r for r in _read_manifest(str(out / "manifest" / "manifest.parquet"))}
     assert set(rows) == {"subject-1", "subject-2", "subject-3"}
     assert rows["subject-1"]["status"] == "ok" and (out / "avatars" / "subject-1" / "avatar.ply").exists()
+    quality = json.loads(rows["subject-1"]["quality"])
+    assert quality["synthesis_refined"] == 1.0 and quality["fit_pseudo_labels"] == 4.0
+    assert rows["subject-1"]["seconds_synthesize"] > 0
     assert rows["subject-2"]["status"] == "failed" and rows["subject-2"]["reason"] == "exception"
     assert "track" in rows["subject-2"]["detail"]
     assert (rows["subject-3"]["status"], rows["subject-3"]["reason"]) == ("failed", "not_found")

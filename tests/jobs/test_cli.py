@@ -55,7 +55,7 @@ def test_serve_config_files_build_the_app(monkeypatch):
     for path in (REPO_CONFIG, DEFAULT_CONFIG):
         config = load_serve_file(path)
         assert config.settings.all_api_keys() == ("k1", "k2")
-        assert set(config.deployments) == {"AvatarAPI", "tracking", "reconstruction", "fitting", "export"}
+        assert set(config.deployments) == {"AvatarAPI", "tracking", "reconstruction", "synthesis", "fitting", "export"}
         build_application(config.settings, config.deployments)
     assert load_serve_file(REPO_CONFIG).deployments["fitting"]["ray_actor_options"]["num_gpus"] == 1
 
@@ -121,3 +121,29 @@ def test_serve_command_runs_until_sigterm_and_cleans_up(tmp_path):
         requests.get(f"{base}/healthz", timeout=10)
     gone, alive = psutil.wait_procs(children, timeout=60)
     assert not alive, [p.info if hasattr(p, "info") else p.pid for p in alive]
+
+
+def test_synthesize_writes_frames_and_generate_uses_them(samples_dir, tmp_path, capsys):
+    from tests.svd_tiny import make_tiny_svd
+
+    model = make_tiny_svd(tmp_path / "svd")
+    photo = str(samples_dir / "man_hoodie_masked.png")
+    out = tmp_path / "syn"
+    args = ["--synthesis-model", str(model), "--device", "cpu", "--view-frames", "2", "--pose-frames", "3", "--synthesis-size", "32"]
+    assert main(["synthesize", photo, "-o", str(out), *args]) == 0
+    meta = json.loads((out / "man_hoodie_masked" / "frames.json").read_text())
+    assert meta["refined"] is True and [f["mode"] for f in meta["frames"]] == ["view"] * 2 + ["pose"] * 3
+    for record in meta["frames"]:
+        assert (out / "man_hoodie_masked" / record["frame"]).is_file() and (out / "man_hoodie_masked" / record["hint"]).is_file()
+        assert len(record["pose"]) == 55 and len(record["viewmat"]) == 4
+    assert "5 frames (view 2, pose 3), refined=True" in capsys.readouterr().out
+    # Without weights: the hints pass through, and the record says so.
+    assert main(["synthesize", photo, "-o", str(tmp_path / "plain"), "--synthesis-mode", "view", "--view-frames", "2", "--synthesis-size", "32", "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "plain" / "man_hoodie_masked" / "frames.json").read_text())["refined"] is False
+    # generate with synthesis: the fit sees the pseudo-labels.
+    gen = tmp_path / "gen"
+    assert main(["generate", photo, "-o", str(gen), "--fit-iters", "2", *args]) == 0
+    quality = json.loads((gen / "man_hoodie_masked" / "avatar.json").read_text())["quality"]
+    assert quality["synthesis_refined"] == 1.0 and quality["fit_pseudo_labels"] == 5.0
+    with pytest.raises(SystemExit, match="no model_index.json"):
+        main(["synthesize", photo, "-o", str(tmp_path / "x"), "--synthesis-model", str(tmp_path)])

@@ -16,6 +16,8 @@ FAST_PIPELINE = {
     "fit": {"iters": 2, "resolution": 64},
     "export": {"turntable_views": 2, "preview_size": 48, "animation_frames": 2},
 }
+#: A tiny random SVD pipeline (built by the fixture) and few small frames per mode.
+SYNTHESIS = {"size": 32, "view": {"num_frames": 2, "steps": 2, "window": 4}, "pose": {"num_frames": 2, "steps": 2, "window": 4}}
 #: The ingress admits few requests at once so that the overload test can exceed it.
 MAX_INFLIGHT = 4
 
@@ -46,9 +48,13 @@ def api(tmp_path_factory) -> Api:
     from serve.app import build_application
     from serve.config import ServeSettings
 
+    from tests.svd_tiny import make_tiny_svd
+
     store = tmp_path_factory.mktemp("avatar-store")
     port = free_port()
-    settings = ServeSettings(auth="api_key", api_keys=(KEY,), storage=str(store), max_upload_bytes=2_000_000, max_inflight_requests=MAX_INFLIGHT, pipeline=FAST_PIPELINE)
+    synthesis = {"model": str(make_tiny_svd(tmp_path_factory.mktemp("svd") / "tiny")), **SYNTHESIS}
+    pipeline = {**FAST_PIPELINE, "synthesis": synthesis}
+    settings = ServeSettings(auth="api_key", api_keys=(KEY,), storage=str(store), max_upload_bytes=2_000_000, max_inflight_requests=MAX_INFLIGHT, pipeline=pipeline)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

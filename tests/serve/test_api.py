@@ -44,7 +44,7 @@ def test_openapi_and_health(api):
     assert "multipart/form-data" in schema["paths"]["/v1/track"]["post"]["requestBody"]["content"]
     assert requests.get(f"{api.base}/healthz", timeout=30).json() == {"status": "ok"}
     ready = requests.get(f"{api.base}/readyz", timeout=30)
-    assert ready.status_code == 200 and ready.json()["stages"] == {"tracking": True, "reconstruction": True, "fitting": True, "export": True}
+    assert ready.status_code == 200 and ready.json()["stages"] == {"tracking": True, "reconstruction": True, "synthesis": True, "fitting": True, "export": True}
 
 
 def test_track_sample_photo_multipart_and_json(api, samples_dir):
@@ -129,6 +129,22 @@ def test_avatar_job_files_and_animation(api, samples_dir):
     assert unknown.status_code == 422 and unknown.json()["detail"]["reason"] == "unknown_clip"
     missing = requests.get(f"{api.base}/v1/avatars/{avatar}/files/status.json", headers=api.auth, timeout=60)
     assert missing.status_code == 404 and missing.json()["detail"]["reason"] == "unknown_file"
+
+
+def test_avatar_job_with_synthesis_modes(api, samples_dir):
+    """synthesis_mode=both runs the synthesis deployment (tiny SVD) and the fit uses its frames;
+    it is another avatar than the plain one (the mode is part of the id)."""
+    photo = (samples_dir / "man_hoodie_masked.png").read_bytes()
+    r = requests.post(f"{api.base}/v1/avatars", files={"image": photo}, data={"synthesis_mode": "both"}, headers=api.auth, timeout=60)
+    assert r.status_code == 202, r.text
+    status = _wait_for(api, r.json()["id"])
+    assert status["status"] == "ok", status
+    assert status["synthesis_mode"] == "both" and "synthesize" in status["seconds"]
+    assert status["quality"]["synthesis_refined"] == 1.0 and status["quality"]["fit_pseudo_labels"] == 4.0
+    plain = requests.post(f"{api.base}/v1/avatars", files={"image": photo}, headers=api.auth, timeout=60).json()
+    assert plain["id"] != status["id"]
+    bad = requests.post(f"{api.base}/v1/avatars", files={"image": photo}, data={"synthesis_mode": "dream"}, headers=api.auth, timeout=60)
+    assert bad.status_code == 422 and bad.json()["detail"]["reason"] == "bad_synthesis_mode"
 
 
 def test_bad_inputs_get_specific_errors_and_replicas_stay_healthy(api, samples_dir):

@@ -1,0 +1,1 @@
+"""Diffusion-conditioned view and pose synthesis (GAS-style) feeding the fitter."""
