@@ -17,14 +17,22 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	$(VENV)/bin/pip install -q -c constraints/cpu.txt -e '.[test]'
 	touch $@
 
+# Debian's Prometheus for the metrics test: the binary only (no service started), in the venv.
+$(VENV)/prometheus/.fetched: $(VENV)/.installed
+	mkdir -p $(VENV)/prometheus
+	cd $(VENV)/prometheus && { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get download prometheus >/dev/null 2>&1; }; } \
+	  && dpkg -x prometheus_*.deb root && ln -sf root/usr/bin/prometheus prometheus \
+	  || echo "warning: could not fetch Debian's prometheus package; the Prometheus test will be skipped"
+	touch $@
+
 setup: $(VENV)/.installed
 
 demo: setup
 	$(LOOPBACK) $(VENV)/bin/avatar-forge batch samples out/demo
 	@echo "results: $(CURDIR)/out/demo (avatars/<id>/, manifest/manifest.parquet, summary.json)"
 
-test: setup
+test: setup $(VENV)/prometheus/.fetched
 	$(LOOPBACK) $(VENV)/bin/pytest -q
 
-test-all: setup
+test-all: setup $(VENV)/prometheus/.fetched
 	$(LOOPBACK) $(VENV)/bin/pytest -q -m ''

@@ -13,6 +13,7 @@ requests (``track_batch.max_batch_size``), which trades latency for requests/s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -104,8 +105,9 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     photo = Path(args.photo).read_bytes()
-    local = in_process(photo, args.repeats)
-    http = over_http(photo, [1, 4, 16], args.requests)
+    with contextlib.redirect_stdout(sys.stderr):  # libraries print banners; stdout is for the JSON
+        local = in_process(photo, args.repeats)
+        http = over_http(photo, [1, 4, 16], args.requests)
     report = {
         "photo": Path(args.photo).name,
         "machine": {"cpus": os.cpu_count()},

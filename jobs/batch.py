@@ -25,6 +25,7 @@ from collections.abc import Iterator
 
 from avatar_ops.io import storage
 from jobs.config import JobConfig
+from jobs.metrics import JobMetrics
 from jobs.stages import STAGE_KINDS, OperatorStage, decode_batch
 
 log = logging.getLogger("avatar_forge.batch")
@@ -125,7 +126,8 @@ def _manifest_dataset(input_uri: str, num_cpus: float):
     return ds
 
 
-def build_dataset(input_uri: str, output: str, config: JobConfig, limit: int | None = None):
+def read_inputs(input_uri: str, output: str, config: JobConfig, limit: int | None = None):
+    """The inputs as a dataset of row_index, id, source_uri, options (a folder is listed first)."""
     import ray.data
 
     read_cpus = config.stages.decode.num_cpus
@@ -134,8 +136,14 @@ def build_dataset(input_uri: str, output: str, config: JobConfig, limit: int | N
     else:
         fs, path = _arrow_fs(write_listing(input_uri, output, config))
         ds = ray.data.read_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": read_cpus})
-    if limit is not None:
-        ds = ds.limit(limit)
+    return ds.limit(limit) if limit is not None else ds
+
+
+def build_dataset(input_uri: str, output: str, config: JobConfig, limit: int | None = None, inputs=None):
+    """decode -> track -> reconstruct -> [synthesize] -> fit -> export over the inputs."""
+    import ray.data
+
+    ds = inputs if inputs is not None else read_inputs(input_uri, output, config, limit)
     config_json = config.pipeline.model_dump_json()
     st = config.stages
     task_retries = config.ray.max_task_retries
@@ -205,7 +213,12 @@ def run_job(input_uri: str, output: str, config: JobConfig | None = None, limit:
         last_error: Exception | None = None
         for attempt in range(1, config.attempts + 1):
             try:
-                rows = [_manifest_row(r) for r in build_dataset(input_uri, output, config, limit).iter_rows()]
+                inputs = read_inputs(input_uri, output, config, limit)
+                progress_metrics = JobMetrics(inputs.count())
+                rows = []
+                for row in build_dataset(input_uri, output, config, limit, inputs).iter_rows():
+                    rows.append(_manifest_row(row))
+                    progress_metrics.row_done()
                 break
             except (ray.exceptions.RayError, ray.exceptions.RaySystemError, RuntimeError) as err:
                 last_error = err

@@ -72,12 +72,24 @@ def _finish(row: dict, status: str, reason: str = "", detail: str = "") -> None:
     row.update(status=status, reason=reason, detail=detail, image=b"", track=b"", state=b"", labels=b"")
 
 
+def stage_metrics(stage: str):
+    """The stage's metrics when running under Ray (None in a plain process, e.g. a unit test)."""
+    import ray
+
+    from jobs.metrics import StageMetrics
+
+    return StageMetrics(stage) if ray.is_initialized() else None
+
+
 def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str) -> dict[str, np.ndarray]:
     """Read, hash and decode (CPU task). Rows already finished by an earlier run with the same
     bytes and config come back ``resumed`` with their recorded outcome."""
     config = PipelineConfig.model_validate_json(config_json)
     digest = config.digest()
     rows = to_rows(batch)
+    metrics = stage_metrics("decode")
+    if metrics is not None:
+        metrics.started(len(rows))
     for row in rows:
         t0 = time.perf_counter()
         row.update(config_digest=digest, content_id="", seconds="{}", quality="{}", files="{}", reason="", detail="", image=b"", track=b"", state=b"", labels=b"", resumed=False, status="pending")
@@ -102,6 +114,8 @@ def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str) ->
         else:
             row["image"] = image_to_bytes(decoded)
         _add_seconds(row, "decode", time.perf_counter() - t0)
+    if metrics is not None:
+        metrics.finished([(r["status"], r["reason"], json.loads(r["seconds"]).get("decode", 0.0)) for r in rows if not r["resumed"]])
     return to_batch(rows)
 
 
@@ -144,6 +158,7 @@ class OperatorStage:
             raise ValueError(f"`kind` must be one of {STAGE_KINDS}, got {kind!r}.")
         self.kind = kind
         self.output = output
+        self.metrics = stage_metrics(kind)
         self.config = PipelineConfig.model_validate_json(config_json)
         if kind == "track":
             from avatar_ops.tracking.operator import TrackingOperator
@@ -169,21 +184,28 @@ class OperatorStage:
         rows = to_rows(batch)
         pending = [r for r in rows if r["status"] == "pending"]
         if pending:
+            if self.metrics is not None:
+                self.metrics.started(len(pending))
+            spent: list[float] = []
             t0 = time.perf_counter()
             try:
                 updates = self.process(pending)
-                elapsed = (time.perf_counter() - t0) / len(pending)
+                spent = [(time.perf_counter() - t0) / len(pending)] * len(pending)
                 for row, update in zip(pending, updates):
                     row.update(update)
-                    _add_seconds(row, self.kind, elapsed)
             except Exception:  # noqa: BLE001 - isolate the row that raises; the job goes on
+                spent = []
                 for row in pending:
                     t1 = time.perf_counter()
                     try:
                         row.update(self.process([row])[0])
                     except Exception as err:  # noqa: BLE001
                         _finish(row, "failed", "exception", f"{self.kind}: {type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}")
-                    _add_seconds(row, self.kind, time.perf_counter() - t1)
+                    spent.append(time.perf_counter() - t1)
+            for row, seconds in zip(pending, spent):
+                _add_seconds(row, self.kind, seconds)
+            if self.metrics is not None:
+                self.metrics.finished([(r["status"], r["reason"], seconds) for r, seconds in zip(pending, spent)])
         if self.kind == "export":
             for row in rows:
                 if not row["resumed"] and row["status"] in FINAL:

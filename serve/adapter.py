@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 import traceback
 from typing import Any
 
@@ -74,6 +75,9 @@ class OperatorDeployment:
             from avatar_ops.synthesis.operator import SynthesisOperator
 
             self.op = SynthesisOperator.from_config(self.config.synthesis, self.body)  # weights load here, once
+        from jobs.metrics import StageMetrics
+
+        self.metrics = StageMetrics(kind)
         batch = json.loads(batch_json) if batch_json else {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}
         self.run.set_max_batch_size(batch["max_batch_size"])
         self.run.set_batch_wait_timeout_s(batch["batch_wait_timeout_s"])
@@ -108,16 +112,22 @@ class OperatorDeployment:
 
     def _guarded(self, items: list[tuple]) -> list[dict]:
         """The whole batch at once; if it raises, item by item so only the culprit fails."""
+        self.metrics.started(len(items))
+        t0 = time.perf_counter()
         try:
-            return self._process(items)
+            out = self._process(items)
+            spent = [(time.perf_counter() - t0) / len(items)] * len(items)
         except Exception:  # noqa: BLE001 - isolate the item that raises; the others go on
-            out = []
+            out, spent = [], []
             for item in items:
+                t1 = time.perf_counter()
                 try:
                     out.append(self._process([item])[0])
                 except Exception as err:  # noqa: BLE001
                     out.append({"status": "failed", "reason": "exception", "detail": f"{self.kind}: {type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"})
-            return out
+                spent.append(time.perf_counter() - t1)
+        self.metrics.finished([(r["status"], r.get("reason", ""), seconds) for r, seconds in zip(out, spent)])
+        return out
 
     def _process(self, items: list[tuple]) -> list[dict]:
         return getattr(self, f"_{self.kind}")(items)

@@ -161,7 +161,10 @@ class AvatarAPI:
     ) -> None:
         self.settings = ServeSettings.model_validate_json(settings_json)
         keys = self.settings.all_api_keys() if self.settings.auth == "api_key" else None
-        configure_guard(keys, self.settings.max_upload_bytes, self.settings.max_inflight_requests)
+        from jobs.metrics import ServeMetrics
+
+        self.metrics = ServeMetrics()
+        configure_guard(keys, self.settings.max_upload_bytes, self.settings.max_inflight_requests, self.metrics)
         self.tracker, self.reconstructor, self.synthesizer, self.fitter, self.exporter = tracker, reconstructor, synthesizer, fitter, exporter
         self.store = AvatarStore(self.settings.storage)
         self.jobs: dict[str, asyncio.Task] = {}
@@ -258,10 +261,13 @@ class AvatarAPI:
         if existing is not None and (existing["status"] in ("ok", "rejected") or avatar in self.jobs):
             return JSONResponse(self._status_body(existing), status_code=200 if existing["status"] in FINAL else 202)
         if len(self.jobs) >= self.settings.max_pending_avatars:
+            self.metrics.rejected.inc(1, tags={"reason": "overload"})
             raise _http_error(503, "busy", f"{len(self.jobs)} avatar jobs pending, max_pending_avatars={self.settings.max_pending_avatars}; retry later")
         status = {"id": avatar, "status": "queued", "reason": "", "detail": "", "preset": preset, "synthesis_mode": mode, "seconds": {}, "quality": {}, "files": [], "created_at": time.time()}
         status = await asyncio.to_thread(self.store.write_status, status)
         self.jobs[avatar] = asyncio.create_task(self._make_avatar(status, image_to_bytes(decoded)))
+        self.metrics.jobs.inc(1, tags={"status": "queued"})
+        self.metrics.pending.set(len(self.jobs))
         return JSONResponse(self._status_body(status), status_code=202)
 
     async def _make_avatar(self, status: dict, image: bytes) -> None:
@@ -301,7 +307,9 @@ class AvatarAPI:
             final = {"status": "failed", "reason": "exception", "detail": f"{type(err).__name__}: {err}"}
         finally:
             self.jobs.pop(avatar, None)
+            self.metrics.pending.set(len(self.jobs))
         await asyncio.to_thread(self.store.write_status, {**status, **final, "seconds": seconds})
+        self.metrics.jobs.inc(1, tags={"status": final["status"]})
 
     @api.get(f"/{API_VERSION}/avatars/{{avatar}}", tags=["avatars"])
     async def get_avatar(self, avatar: str) -> dict:

@@ -13,12 +13,24 @@ from __future__ import annotations
 import hmac
 import json
 
-_STATE: dict = {"keys": (), "max_bytes": 0, "max_inflight": 0, "inflight": 0}
+_STATE: dict = {"keys": (), "max_bytes": 0, "max_inflight": 0, "inflight": 0, "metrics": None}
 
 
-def configure_guard(keys: tuple[str, ...] | None, max_bytes: int, max_inflight: int) -> None:
-    """``keys``: accepted bearer tokens, or None for an open API (local development)."""
-    _STATE.update(keys=keys, max_bytes=max_bytes, max_inflight=max_inflight, inflight=0)
+def configure_guard(keys: tuple[str, ...] | None, max_bytes: int, max_inflight: int, metrics=None) -> None:
+    """``keys``: accepted bearer tokens, or None for an open API (local development);
+    ``metrics``: a :class:`jobs.metrics.ServeMetrics` (in-flight gauge, rejections)."""
+    _STATE.update(keys=keys, max_bytes=max_bytes, max_inflight=max_inflight, inflight=0, metrics=metrics)
+
+
+def _rejected(reason: str) -> None:
+    if _STATE["metrics"] is not None:
+        _STATE["metrics"].rejected.inc(1, tags={"reason": reason})
+
+
+def _in_flight(value: int) -> None:
+    _STATE["inflight"] = value
+    if _STATE["metrics"] is not None:
+        _STATE["metrics"].in_flight.set(value)
 
 
 class BodyTooLarge(Exception):
@@ -42,21 +54,25 @@ class GuardMiddleware:
             headers = dict(scope["headers"])
             auth = headers.get(b"authorization", b"").decode("latin-1")
             if not auth:
+                _rejected("auth")
                 return await _send_json(send, 401, "missing API key: send `Authorization: Bearer KEY`", {"www-authenticate": "Bearer"})
             scheme, _, token = auth.partition(" ")
             if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip().encode(), k.encode()) for k in guard["keys"]):
+                _rejected("auth")
                 return await _send_json(send, 401, "invalid API key", {"www-authenticate": 'Bearer error="invalid_token"'})
         if guard["inflight"] >= guard["max_inflight"]:
+            _rejected("overload")
             return await _send_json(send, 503, f"busy: {guard['inflight']} requests in flight, max_inflight_requests={guard['max_inflight']}; retry later", {"retry-after": "1"})
-        guard["inflight"] += 1
+        _in_flight(guard["inflight"] + 1)
         try:
             await self._limited(scope, receive, send, guard["max_bytes"])
         finally:
-            guard["inflight"] -= 1
+            _in_flight(guard["inflight"] - 1)
 
     async def _limited(self, scope, receive, send, limit: int) -> None:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            _rejected("too_large")
             return await _send_json(send, 413, f"request body has {int(declared)} bytes, more than max_upload_bytes={limit}")
         received = 0
         started = False
@@ -78,6 +94,7 @@ class GuardMiddleware:
         try:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLarge:
+            _rejected("too_large")
             if not started:
                 await _send_json(send, 413, f"request body is larger than max_upload_bytes={limit}")
 

@@ -71,20 +71,17 @@ def test_serve_command_runs_until_sigterm_and_cleans_up(tmp_path):
     """`avatar-forge serve` on an embedded Ray answers HTTP, and SIGTERM stops it: exit 0, the
     port closed, no process of it left."""
     import signal
-    import socket
     import subprocess
     import sys
-    import time
 
     import psutil
     import requests
     import yaml
 
     from serve.local import DEFAULT_CONFIG
+    from tests.net import free_port, wait_ready
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
     config["applications"][0]["args"].update(storage=str(tmp_path / "store"), pipeline={"preset": "preview", "num_gaussians": 800})
     path = tmp_path / "serve.yaml"
@@ -95,15 +92,7 @@ def test_serve_command_runs_until_sigterm_and_cleans_up(tmp_path):
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if requests.get(f"{base}/readyz", timeout=10).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):
-                pass
-            time.sleep(1)
-        else:
+        if not wait_ready(f"{base}/readyz", 300, proc):
             pytest.fail(f"`serve` did not become ready (exit code {proc.poll()})")
         # --no-auth: no key needed; an unknown avatar is a 404, not a 401.
         assert requests.get(f"{base}/v1/avatars/{'0' * 20}", timeout=30).status_code == 404

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.net import free_port, wait_ready
 
 KEY = "test-key-123"
 #: Small enough for 2 cores: few Gaussians and iterations, tiny previews.
@@ -20,12 +20,6 @@ FAST_PIPELINE = {
 SYNTHESIS = {"size": 32, "view": {"num_frames": 2, "steps": 2, "window": 4}, "pose": {"num_frames": 2, "steps": 2, "window": 4}}
 #: The ingress admits few requests at once so that the overload test can exceed it.
 MAX_INFLIGHT = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclasses.dataclass
@@ -42,7 +36,6 @@ class Api:
 @pytest.fixture(scope="package")
 def api(tmp_path_factory) -> Api:
     import ray
-    import requests
     from ray import serve
 
     from serve.app import build_application
@@ -60,15 +53,7 @@ def api(tmp_path_factory) -> Api:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_application(settings), name="avatar", route_prefix="/", blocking=False)
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{base}/readyz", timeout=10).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):
-                pass
-            time.sleep(1)
-        else:
+        if not wait_ready(f"{base}/readyz", 300):
             pytest.fail("the Serve app did not become ready within 300 s")
         yield Api(base, store, settings)
     finally:
