@@ -94,13 +94,12 @@ def _manifest_dataset(input_uri: str, num_cpus: float):
 
     fs, path = _arrow_fs(input_uri)
     lower = input_uri.lower()
-    remote = {"num_cpus": num_cpus}
     if lower.endswith(".parquet"):
-        ds = ray.data.read_parquet(path, filesystem=fs, ray_remote_args=remote)
+        ds = ray.data.read_parquet(path, filesystem=fs, num_cpus=num_cpus)
     elif lower.endswith(".csv"):
-        ds = ray.data.read_csv(path, filesystem=fs, ray_remote_args=remote)
+        ds = ray.data.read_csv(path, filesystem=fs, num_cpus=num_cpus)
     else:
-        ds = ray.data.read_json(path, filesystem=fs, ray_remote_args=remote)  # newline-delimited JSON
+        ds = ray.data.read_json(path, filesystem=fs, num_cpus=num_cpus)  # newline-delimited JSON
     columns = set(ds.columns())
     if "uri" not in columns:
         raise ValueError(f"the manifest {input_uri!r} needs a `uri` column; it has {sorted(columns)}.")
@@ -135,7 +134,7 @@ def read_inputs(input_uri: str, output: str, config: JobConfig, limit: int | Non
         ds = _manifest_dataset(input_uri, read_cpus)
     else:
         fs, path = _arrow_fs(write_listing(input_uri, output, config))
-        ds = ray.data.read_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": read_cpus})
+        ds = ray.data.read_parquet(path, filesystem=fs, num_cpus=read_cpus)
     return ds.limit(limit) if limit is not None else ds
 
 
@@ -150,7 +149,7 @@ def build_dataset(input_uri: str, output: str, config: JobConfig, limit: int | N
     actor_retries = {"max_restarts": config.ray.max_restarts, "max_task_retries": config.ray.max_task_retries}
     ds = ds.map_batches(
         decode_batch, fn_kwargs={"config_json": config_json, "output": output}, batch_size=st.decode.batch_size,
-        num_cpus=st.decode.num_cpus, batch_format="numpy", ray_remote_args_fn=lambda: {"max_retries": task_retries},
+        num_cpus=st.decode.num_cpus, batch_format="numpy", max_retries=task_retries,
     )  # fmt: skip
     for kind in STAGE_KINDS:
         if kind == "synthesize" and config.pipeline.synthesis_mode == "none":
@@ -160,7 +159,7 @@ def build_dataset(input_uri: str, output: str, config: JobConfig, limit: int | N
             OperatorStage, fn_constructor_kwargs={"kind": kind, "config_json": config_json, "output": output, "threads": res.threads},
             compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
             batch_size=res.batch_size, num_cpus=res.num_cpus, num_gpus=res.num_gpus, batch_format="numpy",
-            ray_remote_args_fn=lambda: dict(actor_retries),
+            **actor_retries,
         )  # fmt: skip
     return ds.drop_columns(["image", "track", "state", "labels", "options"])
 
