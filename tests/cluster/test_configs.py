@@ -21,7 +21,7 @@ PROJECT_METRICS = {
     "ray_avatar_serve_avatar_jobs_total", "ray_avatar_serve_avatar_jobs_pending", "ray_avatar_job_rows",
     "ray_avatar_job_throughput_rows_per_second", "ray_avatar_job_eta_seconds",
 }  # fmt: skip
-RAY_METRICS = {"ray_serve_num_http_error_requests_total"}
+RAY_METRICS = {"ray_serve_num_http_error_requests_total", "ray_serve_deployment_queued_queries"}  # as Ray's own Serve dashboard uses them
 METRIC = re.compile(r"\bray_[a-z_]+\b")
 
 
