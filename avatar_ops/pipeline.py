@@ -11,7 +11,9 @@ import dataclasses
 import hashlib
 import json
 import time
-from typing import Literal
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -19,6 +21,7 @@ from pydantic import Field
 from avatar_ops.avatar.export import export_avatar
 from avatar_ops.avatar.fit import PRESETS, FitConfig, FittingOperator
 from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructionOperator, ReconstructResult
+from avatar_ops.body import BodyModel, build_body_model, resolve_device
 from avatar_ops.io import storage
 from avatar_ops.io.image import DecodeConfig, DecodedImage, decode_image
 from avatar_ops.synthesis.operator import SynthesisConfig, SynthesisOperator, SynthesisResult
@@ -102,6 +105,58 @@ def fit_labels(result: SynthesisResult | None) -> list:
     return result.pseudo_labels() if result is not None and result.refined else []
 
 
+STAGES = ("track", "reconstruct", "synthesize", "fit", "export")
+
+
+def stage_operator(kind: str, config: PipelineConfig, body: BodyModel):
+    """The operator of a reconstruct, synthesize or fit stage on an already built body (None for
+    export, which only needs the body)."""
+    if kind == "reconstruct":
+        return ReconstructionOperator(config.reconstruct_config(), body)
+    if kind == "fit":
+        return FittingOperator(config.fit_config(), body)
+    if kind == "synthesize":
+        return SynthesisOperator.from_config(config.synthesis, body)
+    return None
+
+
+def build_stage(kind: str, config: PipelineConfig) -> tuple[BodyModel, Any]:
+    """The body model and operator of one stage (:data:`STAGES`), built once per actor or replica."""
+    if kind not in STAGES:
+        raise ValueError(f"`kind` must be one of {STAGES}, got {kind!r}.")
+    if kind == "track":
+        tracker = TrackingOperator.from_config(config.tracking)
+        return tracker.body, tracker
+    body = build_body_model(config.tracking.body, resolve_device(config.tracking.device))
+    return body, stage_operator(kind, config, body)
+
+
+def failure(kind: str, err: Exception) -> dict[str, str]:
+    """The outcome of an item whose stage raised."""
+    return {"status": "failed", "reason": "exception", "detail": f"{kind}: {type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"}
+
+
+def run_isolated(process: Callable[[list], list], items: Sequence, on_error: Callable[[Any, Exception], Any]) -> tuple[list, list[float]]:
+    """``process(items)`` (one output per item) on the whole batch; if that raises, item by item,
+    an item that still raises giving ``on_error(item, err)``, so only the culprit fails. Returns
+    the outputs and the seconds each item took."""
+    t0 = time.perf_counter()
+    try:
+        out = process(list(items))
+        return out, [(time.perf_counter() - t0) / len(items)] * len(items)
+    except Exception:  # noqa: BLE001 - isolate the item that raises; the others go on
+        pass
+    out, spent = [], []
+    for item in items:
+        t1 = time.perf_counter()
+        try:
+            out.append(process([item])[0])
+        except Exception as err:  # noqa: BLE001
+            out.append(on_error(item, err))
+        spent.append(time.perf_counter() - t1)
+    return out, spent
+
+
 def export_result(
     config: PipelineConfig, avatar, body, out_dir: str, source: str, track: TrackResult, quality: dict, photo: np.ndarray, row_id: str | None = None
 ) -> dict[str, str]:
@@ -119,9 +174,9 @@ class AvatarPipeline:
         self.config = config or PipelineConfig()
         self.tracker = TrackingOperator.from_config(self.config.tracking)
         body = self.tracker.body
-        self.reconstructor = ReconstructionOperator(self.config.reconstruct_config(), body)
-        self.fitter = FittingOperator(self.config.fit_config(), body)
-        self.synthesizer = SynthesisOperator.from_config(self.config.synthesis, body) if self.config.synthesis_mode != "none" else None
+        self.reconstructor = stage_operator("reconstruct", self.config, body)
+        self.fitter = stage_operator("fit", self.config, body)
+        self.synthesizer = stage_operator("synthesize", self.config, body) if self.config.synthesis_mode != "none" else None
 
     def run(self, source: str, out_dir: str, keypoints: list[np.ndarray] | None = None, stop_after: Literal["synthesize", "export"] = "export") -> Outcome:
         """Every stage on one photo; ``stop_after="synthesize"`` returns the synthesized frames

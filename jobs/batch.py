@@ -1,6 +1,6 @@
 """The batch avatar job on Ray Data.
 
-    read -> decode (CPU tasks) -> track -> reconstruct -> fit -> export (actor pools) -> manifest
+    read -> decode (CPU tasks) -> track -> reconstruct -> [synthesize] -> fit -> export (actor pools) -> manifest
 
 Inputs: a folder or prefix (local or ``s3://``; recursive; by extension) or a manifest file
 (``.parquet``, ``.csv``, ``.jsonl``) with ``uri`` and optional ``id`` and ``keypoints`` columns.
@@ -138,11 +138,12 @@ def read_inputs(input_uri: str, output: str, config: JobConfig, limit: int | Non
     return ds.limit(limit) if limit is not None else ds
 
 
-def build_dataset(input_uri: str, output: str, config: JobConfig, limit: int | None = None, inputs=None):
-    """decode -> track -> reconstruct -> [synthesize] -> fit -> export over the inputs."""
+def build_dataset(inputs, output: str, config: JobConfig):
+    """decode -> track -> reconstruct -> [synthesize] -> fit -> export over the inputs (a dataset
+    from :func:`read_inputs`)."""
     import ray.data
 
-    ds = inputs if inputs is not None else read_inputs(input_uri, output, config, limit)
+    ds = inputs
     config_json = config.pipeline.model_dump_json()
     st = config.stages
     task_retries = config.ray.max_task_retries
@@ -215,7 +216,7 @@ def run_job(input_uri: str, output: str, config: JobConfig | None = None, limit:
                 inputs = read_inputs(input_uri, output, config, limit)
                 progress_metrics = JobMetrics(inputs.count())
                 rows = []
-                for row in build_dataset(input_uri, output, config, limit, inputs).iter_rows():
+                for row in build_dataset(inputs, output, config).iter_rows():
                     rows.append(_manifest_row(row))
                     progress_metrics.row_done()
                 break

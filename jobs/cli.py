@@ -169,10 +169,9 @@ def _add_synthesis_args(p: argparse.ArgumentParser, default_mode: str) -> None:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from avatar_ops.avatar.export import gif_bytes, png_bytes
     from avatar_ops.io import storage
+    from avatar_ops.io.image import to_uint8
     from avatar_ops.pipeline import AvatarPipeline, PipelineConfig
     from avatar_ops.synthesis.diffusion import SynthesisModelError
 
@@ -196,7 +195,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
             print(f"{photo}: REJECTED {outcome.reason}: {outcome.detail}")
             continue
         result = outcome.synthesis
-        frames = (result.frames.clamp(0, 1) * 255).round().byte().cpu().numpy()
+        frames = to_uint8(result.frames)
         counters: dict[str, int] = {}
         records = []
         for i, mode in enumerate(result.modes):
@@ -204,7 +203,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
             name = f"{mode}_{k:03d}.png"
             hint = result.hints[mode].rgb[k]
             storage.write_bytes(storage.join(out_dir, "frames", name), png_bytes(frames[i]))
-            storage.write_bytes(storage.join(out_dir, "hints", name), png_bytes((hint.clamp(0, 1) * 255).round().byte().cpu().numpy()))
+            storage.write_bytes(storage.join(out_dir, "hints", name), png_bytes(to_uint8(hint)))
             records.append({
                 "frame": f"frames/{name}", "hint": f"hints/{name}", "mode": mode, "weight": result.weights[i],
                 "viewmat": result.cameras.viewmats[i].tolist(), "K": result.cameras.Ks[i].tolist(),
@@ -212,7 +211,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
             })  # fmt: skip
         meta = {"source": photo, "refined": result.refined, "width": result.cameras.width, "height": result.cameras.height, "frames": records}
         storage.write_bytes(storage.join(out_dir, "frames.json"), json.dumps(meta, indent=1).encode())
-        storage.write_bytes(storage.join(out_dir, "synthesis.gif"), gif_bytes(np.asarray(frames), fps=6))
+        storage.write_bytes(storage.join(out_dir, "synthesis.gif"), gif_bytes(frames, fps=6))
         print(f"{photo}: {len(records)} frames ({', '.join(f'{m} {c + 1}' for m, c in counters.items())}), refined={result.refined} -> {out_dir}")
     return 1 if failures else 0
 
@@ -383,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "batch",
         summary="the batch job: every photo of a folder, prefix or manifest -> avatars + a manifest (Ray Data)",
-        description="Run decode -> track -> reconstruct -> fit -> export over INPUT on Ray Data (an embedded local Ray, or the "
+        description="Run decode -> track -> reconstruct -> [synthesize] -> fit -> export over INPUT on Ray Data (an embedded local Ray, or the "
         "cluster at $RAY_ADDRESS / ray.address in the config) and write OUTPUT/avatars/<id>/, OUTPUT/manifest/manifest.parquet "
         "(one row per input: status ok/rejected/failed, reason, files, seconds per stage, quality), OUTPUT/summary.json and "
         "OUTPUT/job_config.yaml. INPUT is a folder or prefix (local or s3://; recursive; .jpg .jpeg .png .webp) or a manifest "

@@ -45,7 +45,7 @@ def reason_class(reason: str) -> str:
     return REASON_CLASSES.get(reason or "", "other")
 
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # stage_metrics builds metrics (which take it) while holding it
 _metrics: dict[str, object] = {}
 
 
@@ -59,8 +59,21 @@ def _metric(kind: str, name: str, description: str, tags: tuple[str, ...], **kw)
         return _metrics[name]
 
 
+def stage_metrics(stage: str) -> StageMetrics:
+    """The stage's metrics in this process: one object (and one GPU sampler) per stage and
+    process, however often a task function asks for it."""
+    with _lock:
+        if stage not in _stages:
+            _stages[stage] = StageMetrics(stage)
+        return _stages[stage]
+
+
+_stages: dict[str, StageMetrics] = {}
+
+
 class StageMetrics:
-    """What one operator stage (a Ray Data actor or a Serve replica) records."""
+    """What one operator stage (a Ray Data actor or a Serve replica) records. Use
+    :func:`stage_metrics` to get it."""
 
     def __init__(self, stage: str) -> None:
         self.stage = stage
@@ -85,8 +98,9 @@ class StageMetrics:
 
 
 class GpuSampler:
-    """Samples NVML utilisation and memory of the GPUs this process sees, every ``period_s``, into
-    gauges labelled with the owning stage. Does nothing (no series at all) without a GPU."""
+    """Samples NVML utilisation and memory of the GPUs Ray assigned to this process
+    (``ray.get_gpu_ids()``), every ``period_s``, into gauges labelled with the owning stage. Does
+    nothing (no series at all) in a process that holds no GPU."""
 
     def __init__(self, stage: str, period_s: float = 5.0) -> None:
         self.stage = stage
@@ -101,13 +115,20 @@ class GpuSampler:
 
     @staticmethod
     def _nvml_handles() -> list:
+        """(label, handle) of the GPUs assigned to this process; NVML sees every GPU of the node,
+        so a CPU-only stage on a GPU node must not report them as its own."""
+        import ray
+
+        gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+        if not gpu_ids:
+            return []
         try:
             import pynvml
         except ImportError:
             return []
         try:
             pynvml.nvmlInit()
-            return [(i, pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(pynvml.nvmlDeviceGetCount())]
+            return [(g, pynvml.nvmlDeviceGetHandleByIndex(int(g)) if g.isdigit() else pynvml.nvmlDeviceGetHandleByUUID(g)) for g in gpu_ids]
         except pynvml.NVMLError as err:  # no driver / no device: no GPU metrics, as documented
             log.debug("no NVML: %s", err)
             return []
@@ -117,13 +138,14 @@ class GpuSampler:
         import torch
 
         for index, handle in self._handles:
-            tags = {"stage": self.stage, "gpu": str(index)}
+            tags = {"stage": self.stage, "gpu": index}
             self.util.set(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0, tags=tags)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             self.used.set(float(memory.used), tags=tags)
             self.total.set(float(memory.total), tags=tags)
-            if torch.cuda.is_available() and index < torch.cuda.device_count():
-                self.torch_alloc.set(float(torch.cuda.memory_allocated(index)), tags=tags)
+        if self._handles and torch.cuda.is_available():  # torch numbers the assigned GPUs 0..n-1
+            for local, (index, _) in enumerate(self._handles[: torch.cuda.device_count()]):
+                self.torch_alloc.set(float(torch.cuda.memory_allocated(local)), tags={"stage": self.stage, "gpu": index})
 
     def _loop(self) -> None:
         import pynvml

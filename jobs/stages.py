@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import traceback
 from typing import Any
 
 import numpy as np
@@ -21,19 +20,19 @@ from avatar_ops.io import storage
 from avatar_ops.io.codec import (
     image_from_bytes,
     image_to_bytes,
-    labels_from_bytes,
     reconstruction_from_bytes,
     reconstruction_to_bytes,
+    synthesis_from_bytes,
     synthesis_to_bytes,
     track_from_bytes,
     track_to_bytes,
 )
 from avatar_ops.io.image import decode_image
-from avatar_ops.pipeline import PipelineConfig, avatar_id, export_result, merged_quality
+from avatar_ops.pipeline import STAGES, PipelineConfig, avatar_id, build_stage, export_result, failure, fit_labels, merged_quality, run_isolated
 from avatar_ops.types import Rejected
 
 FINAL = ("ok", "rejected", "failed")
-STAGE_KINDS = ("track", "reconstruct", "synthesize", "fit", "export")
+STAGE_KINDS = STAGES
 
 
 def record_uri(output: str, row_id: str, source_uri: str) -> str:
@@ -68,17 +67,20 @@ def _add_seconds(row: dict, stage: str, seconds: float) -> None:
     row["seconds"] = json.dumps(timings)
 
 
+EMPTY_PAYLOAD = {"image": b"", "track": b"", "state": b"", "labels": b""}  # a finished row carries no state
+
+
 def _finish(row: dict, status: str, reason: str = "", detail: str = "") -> None:
-    row.update(status=status, reason=reason, detail=detail, image=b"", track=b"", state=b"", labels=b"")
+    row.update(status=status, reason=reason, detail=detail, **EMPTY_PAYLOAD)
 
 
-def stage_metrics(stage: str):
+def _stage_metrics(stage: str):
     """The stage's metrics when running under Ray (None in a plain process, e.g. a unit test)."""
     import ray
 
-    from jobs.metrics import StageMetrics
+    from jobs.metrics import stage_metrics
 
-    return StageMetrics(stage) if ray.is_initialized() else None
+    return stage_metrics(stage) if ray.is_initialized() else None
 
 
 def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str) -> dict[str, np.ndarray]:
@@ -87,7 +89,7 @@ def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str) ->
     config = PipelineConfig.model_validate_json(config_json)
     digest = config.digest()
     rows = to_rows(batch)
-    metrics = stage_metrics("decode")
+    metrics = _stage_metrics("decode")
     if metrics is not None:
         metrics.started(len(rows))
     for row in rows:
@@ -151,34 +153,14 @@ class OperatorStage:
 
         import torch
 
-        from avatar_ops.body import build_body_model, resolve_device
-
         torch.set_num_threads(threads or os.cpu_count() or 1)
         if kind not in STAGE_KINDS:
             raise ValueError(f"`kind` must be one of {STAGE_KINDS}, got {kind!r}.")
         self.kind = kind
         self.output = output
-        self.metrics = stage_metrics(kind)
+        self.metrics = _stage_metrics(kind)
         self.config = PipelineConfig.model_validate_json(config_json)
-        if kind == "track":
-            from avatar_ops.tracking.operator import TrackingOperator
-
-            self.op = TrackingOperator.from_config(self.config.tracking)
-            self.body = self.op.body
-        else:
-            self.body = build_body_model(self.config.tracking.body, resolve_device(self.config.tracking.device))
-            if kind == "reconstruct":
-                from avatar_ops.avatar.reconstruct import ReconstructionOperator
-
-                self.op = ReconstructionOperator(self.config.reconstruct_config(), self.body)
-            elif kind == "fit":
-                from avatar_ops.avatar.fit import FittingOperator
-
-                self.op = FittingOperator(self.config.fit_config(), self.body)
-            elif kind == "synthesize":
-                from avatar_ops.synthesis.operator import SynthesisOperator
-
-                self.op = SynthesisOperator.from_config(self.config.synthesis, self.body)
+        self.body, self.op = build_stage(kind, self.config)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = to_rows(batch)
@@ -186,23 +168,9 @@ class OperatorStage:
         if pending:
             if self.metrics is not None:
                 self.metrics.started(len(pending))
-            spent: list[float] = []
-            t0 = time.perf_counter()
-            try:
-                updates = self.process(pending)
-                spent = [(time.perf_counter() - t0) / len(pending)] * len(pending)
-                for row, update in zip(pending, updates):
-                    row.update(update)
-            except Exception:  # noqa: BLE001 - isolate the row that raises; the job goes on
-                spent = []
-                for row in pending:
-                    t1 = time.perf_counter()
-                    try:
-                        row.update(self.process([row])[0])
-                    except Exception as err:  # noqa: BLE001
-                        _finish(row, "failed", "exception", f"{self.kind}: {type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}")
-                    spent.append(time.perf_counter() - t1)
-            for row, seconds in zip(pending, spent):
+            updates, spent = run_isolated(self.process, pending, lambda row, err: {**failure(self.kind, err), **EMPTY_PAYLOAD})
+            for row, update, seconds in zip(pending, updates, spent):
+                row.update(update)
                 _add_seconds(row, self.kind, seconds)
             if self.metrics is not None:
                 self.metrics.finished([(r["status"], r["reason"], seconds) for r, seconds in zip(pending, spent)])
@@ -248,11 +216,11 @@ class OperatorStage:
         from avatar_ops.avatar.export import avatar_to_bytes
 
         recs = [reconstruction_from_bytes(r["state"], self.body.device) for r in rows]
-        synthesized = [labels_from_bytes(r["labels"], self.body.device) if r["labels"] else ([], None) for r in rows]
-        outcomes = self.op([(rec, image_from_bytes(r["image"]).rgb, labels) for rec, r, (labels, _) in zip(recs, rows, synthesized)])
+        synthesized = [synthesis_from_bytes(r["labels"], self.body.device) if r["labels"] else None for r in rows]
+        outcomes = self.op([(rec, image_from_bytes(r["image"]).rgb, fit_labels(syn)) for rec, r, syn in zip(recs, rows, synthesized)])
         updates = []
-        for rec, row, outcome, (_, summary) in zip(recs, rows, outcomes, synthesized):
-            quality = merged_quality(track_from_bytes(row["track"]), rec, outcome.quality, summary)
+        for rec, row, outcome, syn in zip(recs, rows, outcomes, synthesized):
+            quality = merged_quality(track_from_bytes(row["track"]), rec, outcome.quality, syn.summary() if syn else None)
             updates.append({"state": avatar_to_bytes(outcome.avatar)[0], "quality": json.dumps(quality), "labels": b""})
         return updates
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
-import traceback
 from typing import Any
 
 from ray import serve
@@ -24,17 +22,16 @@ from ray import serve
 from avatar_ops.io import storage
 from avatar_ops.io.codec import (
     image_from_bytes,
-    labels_from_bytes,
     reconstruction_from_bytes,
     reconstruction_to_bytes,
+    synthesis_from_bytes,
     synthesis_to_bytes,
     track_from_bytes,
     track_to_bytes,
 )
-from avatar_ops.pipeline import PipelineConfig, export_result, merged_quality
+from avatar_ops.pipeline import PipelineConfig, build_stage, export_result, failure, fit_labels, merged_quality, run_isolated, stage_operator
 from avatar_ops.types import Rejected
 
-KINDS = ("track", "reconstruct", "synthesize", "fit", "export")
 
 
 def _rejected(result: Rejected) -> dict:
@@ -56,28 +53,14 @@ class OperatorDeployment:
     def __init__(self, kind: str, pipeline_json: str, batch_json: str | None = None, threads: int | None = None) -> None:
         import torch
 
-        from avatar_ops.body import build_body_model, resolve_device
-
-        if kind not in KINDS:
-            raise ValueError(f"`kind` must be one of {KINDS}, got {kind!r}.")
         torch.set_num_threads(threads or os.cpu_count() or 1)
         self.kind = kind
         self.config = PipelineConfig.model_validate_json(pipeline_json)
-        self._ops: dict[str, Any] = {}
-        if kind == "track":
-            from avatar_ops.tracking.operator import TrackingOperator
+        self.body, self.op = build_stage(kind, self.config)  # weights load here, once
+        self._ops: dict[str, Any] = {self.config.preset: self.op}
+        from jobs.metrics import stage_metrics
 
-            self.op = TrackingOperator.from_config(self.config.tracking)
-            self.body = self.op.body
-        else:
-            self.body = build_body_model(self.config.tracking.body, resolve_device(self.config.tracking.device))
-        if kind == "synthesize":
-            from avatar_ops.synthesis.operator import SynthesisOperator
-
-            self.op = SynthesisOperator.from_config(self.config.synthesis, self.body)  # weights load here, once
-        from jobs.metrics import StageMetrics
-
-        self.metrics = StageMetrics(kind)
+        self.metrics = stage_metrics(kind)
         batch = json.loads(batch_json) if batch_json else {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}
         self.run.set_max_batch_size(batch["max_batch_size"])
         self.run.set_batch_wait_timeout_s(batch["batch_wait_timeout_s"])
@@ -85,15 +68,7 @@ class OperatorDeployment:
     def _operator(self, preset: str):
         """The reconstruction or fitting operator of one preset (built on first use; cheap)."""
         if preset not in self._ops:
-            config = self.config.with_preset(preset)
-            if self.kind == "reconstruct":
-                from avatar_ops.avatar.reconstruct import ReconstructionOperator
-
-                self._ops[preset] = ReconstructionOperator(config.reconstruct_config(), self.body)
-            else:
-                from avatar_ops.avatar.fit import FittingOperator
-
-                self._ops[preset] = FittingOperator(config.fit_config(), self.body)
+            self._ops[preset] = stage_operator(self.kind, self.config.with_preset(preset), self.body)
         return self._ops[preset]
 
     def check_health(self) -> None:
@@ -113,19 +88,7 @@ class OperatorDeployment:
     def _guarded(self, items: list[tuple]) -> list[dict]:
         """The whole batch at once; if it raises, item by item so only the culprit fails."""
         self.metrics.started(len(items))
-        t0 = time.perf_counter()
-        try:
-            out = self._process(items)
-            spent = [(time.perf_counter() - t0) / len(items)] * len(items)
-        except Exception:  # noqa: BLE001 - isolate the item that raises; the others go on
-            out, spent = [], []
-            for item in items:
-                t1 = time.perf_counter()
-                try:
-                    out.append(self._process([item])[0])
-                except Exception as err:  # noqa: BLE001
-                    out.append({"status": "failed", "reason": "exception", "detail": f"{self.kind}: {type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"})
-                spent.append(time.perf_counter() - t1)
+        out, spent = run_isolated(self._process, items, lambda item, err: failure(self.kind, err))
         self.metrics.finished([(r["status"], r.get("reason", ""), seconds) for r, seconds in zip(out, spent)])
         return out
 
@@ -163,9 +126,9 @@ class OperatorDeployment:
         out = []
         for state, track, image, preset, labels in items:
             rec = reconstruction_from_bytes(state, self.body.device)
-            pseudo, summary = labels_from_bytes(labels, self.body.device) if labels else ([], None)
-            outcome = self._operator(preset)([(rec, image_from_bytes(image).rgb, pseudo)])[0]
-            quality = merged_quality(track_from_bytes(track), rec, outcome.quality, summary)
+            synthesized = synthesis_from_bytes(labels, self.body.device) if labels else None
+            outcome = self._operator(preset)([(rec, image_from_bytes(image).rgb, fit_labels(synthesized))])[0]
+            quality = merged_quality(track_from_bytes(track), rec, outcome.quality, synthesized.summary() if synthesized else None)
             out.append({"status": "ok", "avatar": avatar_to_bytes(outcome.avatar)[0], "quality": quality})
         return out
 

@@ -288,13 +288,13 @@ class AvatarAPI:
                 if result["status"] == "ok":
                     track = result["track"]
                     result = await stage("reconstruct", self.reconstructor.remote(track, image, preset))
-                if result["status"] == "ok" and mode != "none":
-                    state = result["state"]
-                    result = await stage("synthesize", self.synthesizer.remote(state, image, mode))
-                    labels = result.get("labels")
-                    result = {**result, "state": state}
                 if result["status"] == "ok":
-                    result = await stage("fit", self.fitter.remote(result["state"], track, image, preset, labels))
+                    state = result["state"]
+                    if mode != "none":
+                        result = await stage("synthesize", self.synthesizer.remote(state, image, mode))
+                        labels = result.get("labels")
+                if result["status"] == "ok":
+                    result = await stage("fit", self.fitter.remote(state, track, image, preset, labels))
                 if result["status"] == "ok":
                     quality = result["quality"]
                     out_dir = self.store.folder(avatar)

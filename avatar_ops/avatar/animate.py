@@ -8,6 +8,7 @@ import torch
 
 from avatar_ops.avatar.model import GaussianAvatar, orbit_cameras
 from avatar_ops.body.base import BodyModel
+from avatar_ops.io.image import to_uint8
 from avatar_ops.motion import Motion
 from avatar_ops.render.gaussians import Cameras
 
@@ -56,5 +57,5 @@ def render_frames(avatar: GaussianAvatar, body: BodyModel, pose: torch.Tensor, t
             p = pose if pose.shape[0] == 1 else pose[sl]
             t = transl if transl.shape[0] == 1 else transl[sl]
             out = avatar.render(body, p, t, cams[sl], background.to(p.device))
-            frames.append((out.rgb.clamp(0, 1) * 255).round().byte().cpu().numpy())
+            frames.append(to_uint8(out.rgb))
     return np.concatenate(frames)

@@ -11,7 +11,7 @@ import json
 import numpy as np
 
 from avatar_ops.io.arrays import pack, unpack
-from avatar_ops.io.image import DecodedImage
+from avatar_ops.io.image import DecodedImage, to_uint8
 
 
 def _json_array(value) -> np.ndarray:
@@ -75,32 +75,25 @@ def reconstruction_from_bytes(data: bytes, device):
 def synthesis_to_bytes(result) -> bytes:
     """A :class:`~avatar_ops.synthesis.operator.SynthesisResult`'s frames and targets -> bytes
     (frames and masks as uint8)."""
-    to8 = lambda t: (t.detach().clamp(0, 1) * 255).round().byte().cpu().numpy()  # noqa: E731
     meta = {"modes": result.modes, "weights": result.weights, "refined": result.refined, "width": result.cameras.width, "height": result.cameras.height}
     return pack(
-        frames=to8(result.frames), mask=to8(result.mask), viewmats=result.cameras.viewmats.cpu().numpy(), Ks=result.cameras.Ks.cpu().numpy(),
+        frames=to_uint8(result.frames), mask=to_uint8(result.mask), viewmats=result.cameras.viewmats.cpu().numpy(), Ks=result.cameras.Ks.cpu().numpy(),
         pose=result.pose.cpu().numpy(), transl=result.transl.cpu().numpy(), meta=_json_array(meta),
     )  # fmt: skip
 
 
-def labels_from_bytes(data: bytes, device) -> tuple[list, dict]:
-    """Inverse of :func:`synthesis_to_bytes` as the fit's pseudo-labels (only when the frames were
-    refined; see :func:`avatar_ops.pipeline.fit_labels`) and the stage's summary figures."""
+def synthesis_from_bytes(data: bytes, device):
+    """Inverse of :func:`synthesis_to_bytes` (without the hints, which stay with the synthesis
+    stage); :func:`avatar_ops.pipeline.fit_labels` turns it into the fit's pseudo-labels."""
     import torch
 
-    from avatar_ops.avatar.fit import PseudoLabel
     from avatar_ops.render.gaussians import Cameras
-    from avatar_ops.synthesis.operator import synthesis_summary
+    from avatar_ops.synthesis.operator import SynthesisResult
 
     arrays = unpack(data)
     meta = _from_json_array(arrays["meta"])
-    modes = meta["modes"]
-    summary = synthesis_summary(modes, meta["refined"])
-    if not meta["refined"]:
-        return [], summary
     t = lambda key: torch.from_numpy(arrays[key]).to(device)  # noqa: E731
-    frames, mask = t("frames").float() / 255, t("mask").float() / 255
-    cams = Cameras(t("viewmats"), t("Ks"), int(meta["width"]), int(meta["height"]))
-    pose, transl = t("pose"), t("transl")
-    labels = [PseudoLabel(image=frames[i], mask=mask[i], camera=cams[i : i + 1], pose=pose[i], transl=transl[i], weight=meta["weights"][i], mode=modes[i]) for i in range(len(modes))]
-    return labels, summary
+    return SynthesisResult(
+        frames=t("frames").float() / 255, hints={}, mask=t("mask").float() / 255, cameras=Cameras(t("viewmats"), t("Ks"), int(meta["width"]), int(meta["height"])),
+        pose=t("pose"), transl=t("transl"), modes=meta["modes"], refined=meta["refined"], weights=meta["weights"],
+    )  # fmt: skip

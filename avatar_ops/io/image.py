@@ -145,6 +145,11 @@ def decode_image(data: bytes, config: DecodeConfig | None = None) -> DecodedImag
     return DecodedImage(rgb=np.ascontiguousarray(rgb), alpha=alpha, format=fmt, mode=mode)
 
 
+def to_uint8(image) -> np.ndarray:
+    """Float image(s) in [0, 1] (a torch tensor, any device) -> a uint8 numpy array."""
+    return (image.detach().clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+
 def load_image(uri: str, config: DecodeConfig | None = None) -> DecodedImage | Rejected:
     """Read ``uri`` through fsspec and decode it; a missing file raises FileNotFoundError."""
     return decode_image(read_bytes(uri), config)
