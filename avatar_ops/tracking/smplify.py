@@ -38,13 +38,14 @@ class FitConfig(FrozenConfig):
     focal_factor: float = Field(1.2, gt=0, description="Focal length in pixels as a multiple of the image's longer side (about 45 degrees field of view).")
     orient_iters: int = Field(30, ge=0, description="Iterations fitting only orientation and translation to the torso.")
     keypoint_iters: int = Field(40, ge=0, description="Iterations fitting pose and shape to the keypoints alone (cheap: no vertices).")
-    iters: int = Field(40, ge=1, description="Iterations fitting everything, silhouette included.")
+    iters: int = Field(70, ge=1, description="Iterations fitting everything, silhouette included.")
     init_elbow_flexion: float = Field(1.0, ge=0, le=2.5, description="Elbow flexion (radians) of the starting pose, so forearms can fold either way.")
-    lr: float = Field(0.05, gt=0, description="Adam learning rate.")
+    lr: float = Field(0.05, gt=0, description="Adam learning rate of the orientation and keypoint stages.")
+    full_lr: float = Field(0.03, gt=0, description="Adam learning rate of the last stage (silhouette included): lower, so the fit settles in its basin.")
     keypoint_sigma: float = Field(0.2, gt=0, description="Geman-McClure scale of the keypoint residual, in person heights.")
     min_confidence: float = Field(0.3, ge=0, le=1, description="Keypoints below this confidence are ignored.")
     silhouette_weight: float = Field(8.0, ge=0, description="Weight of the silhouette terms.")
-    pose_prior_weight: float = Field(0.001, ge=0, description="Weight of the pose prior.")
+    pose_prior_weight: float = Field(0.0001, ge=0, description="Weight of the pose prior.")
     joint_limit_weight: float = Field(1.0, ge=0, description="Weight of the knee/elbow hinge limits.")
     shape_prior_weight: float = Field(0.0002, ge=0, description="Weight of the shape prior.")
     coverage_weight: float = Field(1.3, ge=0, description="Weight of mask coverage relative to the outside-the-mask term (clothing makes masks wider than bodies).")
@@ -258,12 +259,12 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: FitConfig | No
             loss = loss + config.silhouette_weight * 0.1 * sil.loss(project(vertices, intrinsics), norm, config.coverage_weight)
         return loss.sum(), uv
 
-    for stage, params, iters in (
-        ("orient", [orient, transl], config.orient_iters),
-        ("keypoints", [orient, transl, body_pose, latent], config.keypoint_iters),
-        ("full", [orient, transl, body_pose, latent], config.iters),
+    for stage, params, iters, lr in (
+        ("orient", [orient, transl], config.orient_iters, config.lr),
+        ("keypoints", [orient, transl, body_pose, latent], config.keypoint_iters, config.lr),
+        ("full", [orient, transl, body_pose, latent], config.iters, config.full_lr),
     ):
-        opt = torch.optim.Adam(params, lr=config.lr)
+        opt = torch.optim.Adam(params, lr=lr)
         for _ in range(iters):
             opt.zero_grad()
             loss, _ = evaluate(stage)

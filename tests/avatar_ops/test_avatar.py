@@ -14,7 +14,7 @@ from PIL import Image
 
 from avatar_ops.avatar.animate import animate, canonical_pose, turntable
 from avatar_ops.avatar.export import avatar_from_bytes, avatar_to_bytes, export_avatar, ply_bytes
-from avatar_ops.avatar.fit import FitConfig, FittingOperator, PseudoLabel
+from avatar_ops.avatar.fit import PRESETS, FitConfig, FittingOperator, PseudoLabel
 from avatar_ops.avatar.model import orbit_cameras, triangle_frames
 from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructionOperator, ReconstructResult
 from avatar_ops.body.base import SMPLX_JOINT_NAMES
@@ -34,13 +34,14 @@ def tracked(tracker, samples_dir):
 
 @pytest.fixture(scope="module")
 def reconstructed(tracked, anny_body):
-    op = ReconstructionOperator(ReconstructConfig(num_gaussians=5000), anny_body)
+    op = ReconstructionOperator(ReconstructConfig(num_gaussians=PRESETS["preview"]["num_gaussians"]), anny_body)
     return dict(zip(PHOTOS, op([tracked[name] for name in PHOTOS])))
 
 
 @pytest.fixture(scope="module")
 def fitted_all(reconstructed, tracked, anny_body):
-    op = FittingOperator(FitConfig(preset="preview", iters=25, resolution=128), anny_body)
+    """Every sample fitted at the `preview` preset as shipped (its resolution and iterations)."""
+    op = FittingOperator(FitConfig(preset="preview"), anny_body)
     return dict(zip(PHOTOS, op([(reconstructed[name], tracked[name][1], []) for name in PHOTOS])))
 
 
@@ -60,7 +61,7 @@ def test_reconstruction_covers_the_person(reconstructed, name):
 
 
 def test_clothing_push_out_is_what_covers_the_dress(tracked, anny_body, reconstructed):
-    flat = ReconstructionOperator(ReconstructConfig(num_gaussians=5000, max_offset=0.0), anny_body)([tracked[PHOTOS[1]]])[0]
+    flat = ReconstructionOperator(ReconstructConfig(num_gaussians=PRESETS["preview"]["num_gaussians"], max_offset=0.0), anny_body)([tracked[PHOTOS[1]]])[0]
     pushed = reconstructed[PHOTOS[1]]
     assert pushed.quality["mask_coverage"] > flat.quality["mask_coverage"] + 0.03, (pushed.quality, flat.quality)
     assert flat.quality["pushed_fraction"] == 0.0
@@ -121,9 +122,15 @@ def test_gaussians_ride_on_the_skinned_mesh(reconstructed, anny_body):
     torch.testing.assert_close(height, avatar.offset, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("name", PHOTOS)
+def test_preview_fit_reaches_26_db_inside_the_mask(fitted_all, name):
+    q = fitted_all[name].quality
+    assert q["psnr"] >= 26.0, q
+    assert q["psnr"] > q["psnr_before"] + 3.0, q
+
+
 def test_fitting_improves_the_photo_match(fitted, reconstructed):
     q = fitted.quality
-    assert q["psnr"] > q["psnr_before"] + 3.0, q
     assert q["alpha_iou"] >= 0.85, q
     assert torch.isfinite(fitted.avatar.color).all() and fitted.avatar.color.min() >= 0 and fitted.avatar.color.max() <= 1
 
