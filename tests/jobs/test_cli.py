@@ -67,6 +67,7 @@ def test_serve_refuses_to_start_open_without_keys(monkeypatch, capsys):
     assert "AVATAR_API_KEYS" in str(exit_info.value) and "auth: disabled" in str(exit_info.value)
 
 
+@pytest.mark.slow  # the nightly run (`make test-all`); ~90 s
 def test_serve_command_runs_until_sigterm_and_cleans_up(tmp_path):
     """`avatar-forge serve` on an embedded Ray answers HTTP, and SIGTERM stops it: exit 0, the
     port closed, no process of it left."""
@@ -112,6 +113,7 @@ def test_serve_command_runs_until_sigterm_and_cleans_up(tmp_path):
     assert not alive, [p.info if hasattr(p, "info") else p.pid for p in alive]
 
 
+@pytest.mark.slow  # the nightly run (`make test-all`); ~90 s
 def test_synthesize_writes_frames_and_generate_uses_them(samples_dir, tmp_path, capsys):
     from tests.svd_tiny import make_tiny_svd
 

@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from jobs.cli import main
 from tests.inputs import bad_files
 from tests.net import free_port
@@ -16,6 +18,7 @@ from tests.net import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # the nightly run (`make test-all`); ~90 s
 def test_submit_follow_runs_the_batch_job_on_the_cluster(samples_dir, tmp_path, capsys, monkeypatch):
     import pyarrow.parquet as pq
     import ray
