@@ -24,9 +24,10 @@ import uuid
 from collections.abc import Iterator
 
 from avatar_ops.io import storage
+from avatar_ops.pipeline import STAGES
 from jobs.config import JobConfig
 from jobs.metrics import JobMetrics
-from jobs.stages import STAGE_KINDS, OperatorStage, decode_batch
+from jobs.stages import OperatorStage, decode_batch
 
 log = logging.getLogger("avatar_forge.batch")
 
@@ -152,7 +153,7 @@ def build_dataset(inputs, output: str, config: JobConfig):
         decode_batch, fn_kwargs={"config_json": config_json, "output": output}, batch_size=st.decode.batch_size,
         num_cpus=st.decode.num_cpus, batch_format="numpy", max_retries=task_retries,
     )  # fmt: skip
-    for kind in STAGE_KINDS:
+    for kind in STAGES:
         if kind == "synthesize" and config.pipeline.synthesis_mode == "none":
             continue
         res = getattr(st, kind)
@@ -177,7 +178,7 @@ def _manifest_row(row: dict) -> dict:
         "psnr": quality.get("fit_psnr"), "mask_iou": quality.get("track_mask_iou"), "quality": json.dumps(quality),
         "config_digest": row["config_digest"], "content_id": row.get("content_id") or None, "resumed": bool(row["resumed"]),
     }  # fmt: skip
-    for stage in ("decode", *STAGE_KINDS):
+    for stage in ("decode", *STAGES):
         out[f"seconds_{stage}"] = seconds.get(stage)
     return out
 

@@ -59,6 +59,9 @@ def _metric(kind: str, name: str, description: str, tags: tuple[str, ...], **kw)
         return _metrics[name]
 
 
+_stages: dict[str, StageMetrics] = {}
+
+
 def stage_metrics(stage: str) -> StageMetrics:
     """The stage's metrics in this process: one object (and one GPU sampler) per stage and
     process, however often a task function asks for it."""
@@ -66,9 +69,6 @@ def stage_metrics(stage: str) -> StageMetrics:
         if stage not in _stages:
             _stages[stage] = StageMetrics(stage)
         return _stages[stage]
-
-
-_stages: dict[str, StageMetrics] = {}
 
 
 class StageMetrics:

@@ -28,11 +28,10 @@ from avatar_ops.io.codec import (
     track_to_bytes,
 )
 from avatar_ops.io.image import decode_image
-from avatar_ops.pipeline import STAGES, PipelineConfig, avatar_id, build_stage, export_result, failure, fit_labels, merged_quality, run_isolated
+from avatar_ops.pipeline import PipelineConfig, avatar_id, build_stage, export_result, failure, fit_labels, merged_quality, run_isolated
 from avatar_ops.types import Rejected
 
 FINAL = ("ok", "rejected", "failed")
-STAGE_KINDS = STAGES
 
 
 def record_uri(output: str, row_id: str, source_uri: str) -> str:
@@ -154,13 +153,11 @@ class OperatorStage:
         import torch
 
         torch.set_num_threads(threads or os.cpu_count() or 1)
-        if kind not in STAGE_KINDS:
-            raise ValueError(f"`kind` must be one of {STAGE_KINDS}, got {kind!r}.")
         self.kind = kind
         self.output = output
-        self.metrics = _stage_metrics(kind)
         self.config = PipelineConfig.model_validate_json(config_json)
-        self.body, self.op = build_stage(kind, self.config)
+        self.body, self.op = build_stage(kind, self.config)  # checks `kind`
+        self.metrics = _stage_metrics(kind)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = to_rows(batch)
