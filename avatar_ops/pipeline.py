@@ -120,14 +120,16 @@ def stage_operator(kind: str, config: PipelineConfig, body: BodyModel):
     return None
 
 
-def build_stage(kind: str, config: PipelineConfig) -> tuple[BodyModel, Any]:
-    """The body model and operator of one stage (:data:`STAGES`), built once per actor or replica."""
+def build_stage(kind: str, config: PipelineConfig, body: BodyModel | None = None) -> tuple[BodyModel, Any]:
+    """The body model and operator of one stage (:data:`STAGES`), built once per actor or replica.
+    Stages sharing a process pass the ``body`` the first one built (from the same config)."""
     if kind not in STAGES:
         raise ValueError(f"`kind` must be one of {STAGES}, got {kind!r}.")
     if kind == "track":
-        tracker = TrackingOperator.from_config(config.tracking)
+        tracker = TrackingOperator.from_config(config.tracking, body)
         return tracker.body, tracker
-    body = build_body_model(config.tracking.body, resolve_device(config.tracking.device))
+    if body is None:
+        body = build_body_model(config.tracking.body, resolve_device(config.tracking.device))
     return body, stage_operator(kind, config, body)
 
 

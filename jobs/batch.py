@@ -2,6 +2,9 @@
 
     read -> decode (CPU tasks) -> track -> reconstruct -> [synthesize] -> fit -> export (actor pools) -> manifest
 
+One actor pool per stage on a cluster with GPUs; on one without, the actor stages run in sequence
+inside one pool (``stages.fuse``), so their thread pools do not fight over the same cores.
+
 Inputs: a folder or prefix (local or ``s3://``; recursive; by extension) or a manifest file
 (``.parquet``, ``.csv``, ``.jsonl``) with ``uri`` and optional ``id`` and ``keypoints`` columns.
 A folder is listed in chunks into ``OUTPUT/_work/inputs.parquet`` so the driver never holds more
@@ -27,7 +30,7 @@ from avatar_ops.io import storage
 from avatar_ops.pipeline import STAGES
 from jobs.config import JobConfig
 from jobs.metrics import JobMetrics
-from jobs.stages import OperatorStage, decode_batch
+from jobs.stages import FusedStage, OperatorStage, decode_batch
 
 log = logging.getLogger("avatar_forge.batch")
 
@@ -139,6 +142,18 @@ def read_inputs(input_uri: str, output: str, config: JobConfig, limit: int | Non
     return ds.limit(limit) if limit is not None else ds
 
 
+def stage_groups(config: JobConfig) -> list[list[str]]:
+    """The actor stages as they will be scheduled: one group per actor pool (see ``stages.fuse``).
+    ``auto`` asks the connected Ray cluster whether it has GPUs."""
+    kinds = [k for k in STAGES if not (k == "synthesize" and config.pipeline.synthesis_mode == "none")]
+    fuse = config.stages.fuse
+    if fuse == "auto":
+        import ray
+
+        fuse = "never" if ray.cluster_resources().get("GPU", 0) > 0 else "always"
+    return [list(kinds)] if fuse == "always" else [[k] for k in kinds]
+
+
 def build_dataset(inputs, output: str, config: JobConfig):
     """decode -> track -> reconstruct -> [synthesize] -> fit -> export over the inputs (a dataset
     from :func:`read_inputs`)."""
@@ -153,12 +168,14 @@ def build_dataset(inputs, output: str, config: JobConfig):
         decode_batch, fn_kwargs={"config_json": config_json, "output": output}, batch_size=st.decode.batch_size,
         num_cpus=st.decode.num_cpus, batch_format="numpy", max_retries=task_retries,
     )  # fmt: skip
-    for kind in STAGES:
-        if kind == "synthesize" and config.pipeline.synthesis_mode == "none":
-            continue
-        res = getattr(st, kind)
+    for group in stage_groups(config):
+        res = getattr(st, group[0])
+        if len(group) == 1:
+            stage, ctor = OperatorStage, {"kind": group[0]}
+        else:
+            stage, ctor = FusedStage, {"kinds": group, "batch_sizes": [getattr(st, k).batch_size for k in group]}
         ds = ds.map_batches(
-            OperatorStage, fn_constructor_kwargs={"kind": kind, "config_json": config_json, "output": output, "threads": res.threads},
+            stage, fn_constructor_kwargs={**ctor, "config_json": config_json, "output": output, "threads": res.threads},
             compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
             batch_size=res.batch_size, num_cpus=res.num_cpus, num_gpus=res.num_gpus, batch_format="numpy",
             **actor_retries,
@@ -211,6 +228,7 @@ def run_job(input_uri: str, output: str, config: JobConfig | None = None, limit:
     ctx.enable_progress_bars = progress
     storage.write_bytes(storage.join(output, "job_config.yaml"), config.to_yaml().encode())
     try:
+        pools = stage_groups(config)
         last_error: Exception | None = None
         for attempt in range(1, config.attempts + 1):
             try:
@@ -231,7 +249,7 @@ def run_job(input_uri: str, output: str, config: JobConfig | None = None, limit:
             ray.shutdown()
     wall = time.time() - started
     write_manifest(rows, output)
-    summary = summarise(rows, wall, input_uri, output, config)
+    summary = {**summarise(rows, wall, input_uri, output, config), "actor_pools": pools}
     storage.write_bytes(storage.join(output, "summary.json"), json.dumps(summary, indent=2).encode())
     return summary
 

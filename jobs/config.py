@@ -4,6 +4,7 @@ to schedule it (``stages``, ``ray``, ``attempts``; not hashed). Loaded from YAML
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import Field, ValidationError
@@ -30,6 +31,12 @@ def _stage(batch_size: int = 4, **kw) -> StageResources:
 
 
 class StagesConfig(FrozenConfig):
+    fuse: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Run the actor stages (track .. export) one after another inside one actor pool, scheduled as `track`, "
+        "instead of one pool per stage. auto: fuse when the Ray cluster has no GPUs, where separate pools only compete "
+        "for the same cores; with GPUs, one pool per stage so each scales on its own.",
+    )
     decode: StageResources = Field(default_factory=lambda: _stage(8, num_cpus=0.1))
     track: StageResources = Field(default_factory=lambda: _stage(8))
     reconstruct: StageResources = Field(default_factory=lambda: _stage(4))

@@ -147,7 +147,7 @@ class OperatorStage:
     """The adapter: one callable class for every operator stage (``kind``: track, reconstruct,
     synthesize, fit or export). The operator is built once per actor."""
 
-    def __init__(self, kind: str, config_json: str, output: str, threads: int | None = None) -> None:
+    def __init__(self, kind: str, config_json: str, output: str, threads: int | None = None, body=None) -> None:
         import os
 
         import torch
@@ -156,7 +156,7 @@ class OperatorStage:
         self.kind = kind
         self.output = output
         self.config = PipelineConfig.model_validate_json(config_json)
-        self.body, self.op = build_stage(kind, self.config)  # checks `kind`
+        self.body, self.op = build_stage(kind, self.config, body)  # checks `kind`
         self.metrics = _stage_metrics(kind)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -237,3 +237,26 @@ class OperatorStage:
     def _record(self, row: dict) -> None:
         record = {k: row[k] for k in ("id", "source_uri", "status", "reason", "detail", "seconds", "quality", "files", "config_digest", "content_id")}
         storage.write_bytes(record_uri(self.output, row["id"], row["source_uri"]), json.dumps(record).encode())
+
+
+class FusedStage:
+    """Several operator stages in one actor, one after another on each batch (each stage on chunks
+    of its own ``batch_size``). Each keeps its own operator, metrics, timings and per-row isolation;
+    only the scheduling changes. Without GPUs, one pool per stage means every stage's actor competes
+    for the same cores with its own thread pool; fused, one process holds them."""
+
+    def __init__(self, kinds: list[str], batch_sizes: list[int], config_json: str, output: str, threads: int | None = None) -> None:
+        if len(kinds) != len(batch_sizes) or not kinds:
+            raise ValueError(f"`kinds` and `batch_sizes` must be non-empty and of equal length, got {kinds} and {batch_sizes}.")
+        self.stages: list[tuple[OperatorStage, int]] = []
+        body = None  # one body model for all of them
+        for kind, size in zip(kinds, batch_sizes):
+            stage = OperatorStage(kind, config_json, output, threads, body)
+            body = stage.body
+            self.stages.append((stage, size))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = to_rows(batch)
+        for stage, size in self.stages:
+            rows = [row for start in range(0, len(rows), size) for row in to_rows(stage(to_batch(rows[start : start + size])))]
+        return to_batch(rows)

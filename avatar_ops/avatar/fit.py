@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from avatar_ops.avatar.model import GaussianAvatar
+from avatar_ops.avatar.model import GaussianAvatar, body_surface
 from avatar_ops.avatar.reconstruct import ReconstructResult
 from avatar_ops.body.base import BodyModel
-from avatar_ops.render.gaussians import Cameras
+from avatar_ops.render.gaussians import Cameras, rasterize_many
 from avatar_ops.types import FrozenConfig
 
 PRESETS = {
@@ -114,9 +114,33 @@ def _view_loss(render, image: Tensor, mask: Tensor, cfg: FitConfig) -> Tensor:
     return (1 - cfg.ssim_weight) * l1 + cfg.ssim_weight * dssim + cfg.alpha_weight * (alpha - mask).abs().mean()
 
 
+@dataclasses.dataclass
+class _Problem:
+    """One avatar's fit: its start, supervision views (photo first) and neighbours."""
+
+    avatar: GaussianAvatar
+    neighbours: Tensor
+    images: list[Tensor]
+    masks: list[Tensor]
+    cameras: list[Cameras]
+    poses: list[Tensor]
+    transls: list[Tensor]
+    weights: list[float]
+    labels: int
+
+
 class FittingOperator:
     """``op(items) -> list[FitOutcome]`` for (ReconstructResult, photo rgb [H, W, 3] uint8,
-    pseudo-labels) triples. Avatars are optimised one after another (each has its own graph)."""
+    pseudo-labels) triples, batched over avatars.
+
+    The avatars of one call are optimised together: one body forward pass for every view of every
+    avatar, one rasteriser call per step for all of them (on CUDA a single batched gsplat call), one
+    Adam over all parameters. Their losses are summed and share no parameters, and Adam scales each
+    parameter on its own, so each avatar's fit is the same as if it were fitted alone.
+    """
+
+    PARAMS = ("offset", "rotation", "log_scale", "opacity_logit", "color")
+    LR_FACTORS = {"offset": 0.1, "rotation": 1.0, "log_scale": 0.5, "opacity_logit": 5.0, "color": 2.0}
 
     def __init__(self, config: FitConfig, body: BodyModel) -> None:
         self.config = config
@@ -127,66 +151,90 @@ class FittingOperator:
         self.body.check_health()
 
     def __call__(self, items: Sequence[tuple[ReconstructResult, "object", Sequence[PseudoLabel]]]) -> list[FitOutcome]:
-        return [self._one(rec, rgb, list(labels)) for rec, rgb, labels in items]
+        problems = [self._problem(rec, rgb, list(labels)) for rec, rgb, labels in items]
+        if not problems:
+            return []
+        cfg, body = self.config, self.body
+        # The triangles under every view's pose are fixed during the fit: one body pass for all.
+        views = [(p, v) for p in problems for v in range(len(p.images))]
+        vertices, frames = body_surface(
+            body, torch.stack([p.avatar.shape for p, _ in views]), torch.stack([p.poses[v] for p, v in views]), torch.stack([p.transls[v] for p, v in views])
+        )  # fmt: skip
+        triangles, k = [], 0
+        for p in problems:
+            triangles.append([p.avatar.triangles(body, vertices[k + v : k + v + 1], frames[k + v : k + v + 1]) for v in range(len(p.images))])
+            k += len(p.images)
 
-    def _one(self, rec: ReconstructResult, rgb, labels: list[PseudoLabel]) -> FitOutcome:
+        def render(avatars: list[GaussianAvatar], photo_only: bool = False) -> list[list]:
+            scenes, cams = [], []
+            for a, p, tris in zip(avatars, problems, triangles):
+                for v, (corners, frame) in enumerate(tris[:1] if photo_only else tris):
+                    g = a.gaussians_on(corners, frame)
+                    scenes.append({**g, "means": g["means"][0], "quats": g["quats"][0]})
+                    cams.append(p.cameras[v])
+            flat = iter(rasterize_many(scenes, cams))
+            return [[next(flat) for _ in (tris[:1] if photo_only else tris)] for tris in triangles]
+
+        params = [{name: getattr(p.avatar, name).clone().requires_grad_(True) for name in self.PARAMS} for p in problems]
+        opt = torch.optim.Adam([{"params": [q[name] for q in params], "lr": cfg.lr * self.LR_FACTORS[name]} for name in self.PARAMS])
+        lo, hi = torch.log(torch.tensor(cfg.min_scale)), torch.log(torch.tensor(cfg.max_scale))
+        with torch.no_grad():
+            before = render([p.avatar for p in problems], photo_only=True)
+        for _ in range(cfg.settings["iters"]):
+            opt.zero_grad()
+            renders = render([dataclasses.replace(p.avatar, **q) for p, q in zip(problems, params)])
+            loss = torch.zeros((), device=body.device)
+            for p, q, views_out in zip(problems, params, renders):
+                for out, img, msk, weight in zip(views_out, p.images, p.masks, p.weights):
+                    loss = loss + weight * _view_loss(out, img, msk, cfg)
+                loss = loss + cfg.offset_weight * 100 * (q["offset"] ** 2).mean()
+                loss = loss + (torch.relu(q["log_scale"] - hi) ** 2 + torch.relu(lo - q["log_scale"]) ** 2).mean()
+                lap_off = (q["offset"] - q["offset"][p.neighbours].mean(1)) ** 2
+                lap_col = ((q["color"] - q["color"][p.neighbours].mean(1)) ** 2).sum(1)
+                loss = loss + cfg.laplacian_weight * (100 * lap_off.mean() + 0.1 * lap_col.mean())
+            loss.backward()
+            opt.step()
+        fitted = [dataclasses.replace(p.avatar, **q).detach() for p, q in zip(problems, params)]
+        for a in fitted:
+            a.color.clamp_(0, 1)
+        with torch.no_grad():
+            after = render(fitted, photo_only=True)
+        outcomes = []
+        for p, a, b4, af in zip(problems, fitted, before, after):
+            image, mask = p.images[0], p.masks[0]
+            alpha = af[0].alpha[0, ..., 0]
+            quality = {
+                "psnr_before": psnr(b4[0].rgb[0], image * mask[..., None], mask),
+                "psnr": psnr(af[0].rgb[0], image * mask[..., None], mask),
+                "alpha_iou": float(((alpha > 0.5) & (mask > 0.5)).sum() / ((alpha > 0.5) | (mask > 0.5)).sum().clamp(min=1)),
+                "pseudo_labels": float(p.labels),
+            }
+            outcomes.append(FitOutcome(avatar=a, quality=quality))
+        return outcomes
+
+    def _problem(self, rec: ReconstructResult, rgb, labels: list[PseudoLabel]) -> _Problem:
+        """The supervision of one avatar at the fit's resolution: the photo first, then its labels."""
         import numpy as np
 
-        cfg, body = self.config, self.body
-        dev = body.device
-        settings = cfg.settings
+        cfg, dev = self.config, self.body.device
+        resolution = cfg.settings["resolution"]
         avatar = rec.avatar.detach()
-        scale = min(1.0, settings["resolution"] / max(avatar.width, avatar.height))
+        if avatar.body_model != self.body.name:
+            raise ValueError(f"This avatar was built on the {avatar.body_model!r} body, got a {self.body.name!r} body.")
+        scale = min(1.0, resolution / max(avatar.width, avatar.height))
         cams = avatar.source_camera(scale)
         image = torch.from_numpy(np.ascontiguousarray(rgb)).to(dev).float().permute(2, 0, 1)[None] / 255.0
         image = F.interpolate(image, size=(cams.height, cams.width), mode="area")[0].permute(1, 2, 0)
-        mask = self._photo_mask(rec, cams)
-        views = [(image, mask, cams, avatar.source_pose, avatar.source_transl, 1.0)]
+        problem = _Problem(avatar, rec.neighbours.to(dev), [image], [self._photo_mask(rec, cams)], [cams], [avatar.source_pose], [avatar.source_transl], [1.0], len(labels))
         for label in labels:
-            views.append((*self._label_at_resolution(label, settings["resolution"]), label.pose.to(dev), label.transl.to(dev), cfg.pseudo_label_weight if label.weight is None else label.weight))
-
-        params = {name: getattr(avatar, name).clone().requires_grad_(True) for name in ("offset", "rotation", "log_scale", "opacity_logit", "color")}
-        groups = [
-            {"params": [params["offset"]], "lr": cfg.lr * 0.1},
-            {"params": [params["rotation"]], "lr": cfg.lr},
-            {"params": [params["log_scale"]], "lr": cfg.lr * 0.5},
-            {"params": [params["opacity_logit"]], "lr": cfg.lr * 5},
-            {"params": [params["color"]], "lr": cfg.lr * 2},
-        ]
-        opt = torch.optim.Adam(groups)
-        nbr = rec.neighbours
-        lo, hi = torch.log(torch.tensor(cfg.min_scale)), torch.log(torch.tensor(cfg.max_scale))
-
-        def current() -> GaussianAvatar:
-            return dataclasses.replace(avatar, **params)
-
-        with torch.no_grad():
-            before = avatar.render(body, avatar.source_pose[None], avatar.source_transl[None], cams)
-            psnr_before = psnr(before.rgb[0], image * mask[..., None], mask)
-        for _ in range(settings["iters"]):
-            opt.zero_grad()
-            a = current()
-            loss = torch.zeros((), device=dev)
-            for img, msk, cam, pose, transl, weight in views:
-                loss = loss + weight * _view_loss(a.render(body, pose[None], transl[None], cam), img, msk, cfg)
-            loss = loss + cfg.offset_weight * 100 * (params["offset"] ** 2).mean()
-            loss = loss + (torch.relu(params["log_scale"] - hi) ** 2 + torch.relu(lo - params["log_scale"]) ** 2).mean()
-            lap_off = (params["offset"] - params["offset"][nbr].mean(1)) ** 2
-            lap_col = ((params["color"] - params["color"][nbr].mean(1)) ** 2).sum(1)
-            loss = loss + cfg.laplacian_weight * (100 * lap_off.mean() + 0.1 * lap_col.mean())
-            loss.backward()
-            opt.step()
-        fitted = current().detach()
-        fitted.color.clamp_(0, 1)
-        with torch.no_grad():
-            after = fitted.render(body, fitted.source_pose[None], fitted.source_transl[None], cams)
-        quality = {
-            "psnr_before": psnr_before,
-            "psnr": psnr(after.rgb[0], image * mask[..., None], mask),
-            "alpha_iou": float(((after.alpha[0, ..., 0] > 0.5) & (mask > 0.5)).sum() / ((after.alpha[0, ..., 0] > 0.5) | (mask > 0.5)).sum().clamp(min=1)),
-            "pseudo_labels": float(len(labels)),
-        }
-        return FitOutcome(avatar=fitted, quality=quality)
+            image, mask, cam = self._label_at_resolution(label, resolution)
+            problem.images.append(image)
+            problem.masks.append(mask)
+            problem.cameras.append(cam)
+            problem.poses.append(label.pose.to(dev).float())
+            problem.transls.append(label.transl.to(dev).float())
+            problem.weights.append(cfg.pseudo_label_weight if label.weight is None else label.weight)
+        return problem
 
     def _label_at_resolution(self, label: PseudoLabel, resolution: int) -> tuple[Tensor, Tensor, Cameras]:
         """A pseudo-label's image, mask and camera, downscaled to the fit's resolution."""

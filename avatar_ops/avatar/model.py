@@ -31,6 +31,14 @@ def triangle_frames(vertices: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
     return torch.stack([tangent, bitangent, normal], -1), area
 
 
+def body_surface(body: BodyModel, shape: Tensor, pose: Tensor, transl: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """[B, S] shapes in [B, 55, 3] poses -> the posed body's [B, V, 3] vertices and [B, F, 3, 3]
+    face frames, in one forward pass of the body (the bodies may be different subjects)."""
+    out = body(shape, pose, transl)
+    frames, _ = triangle_frames(out.vertices, body.faces)
+    return out.vertices, frames
+
+
 @dataclasses.dataclass
 class GaussianAvatar:
     """Gaussians bound to a body.
@@ -75,22 +83,32 @@ class GaussianAvatar:
     def detach(self) -> GaussianAvatar:
         return dataclasses.replace(self, **{k: getattr(self, k).detach().clone() for k in self.TENSORS})
 
-    def posed(self, body: BodyModel, pose: Tensor, transl: Tensor | None = None) -> dict[str, Tensor]:
-        """World-space Gaussians for [B, 55, 3] poses: ``means`` [B, N, 3], ``quats`` [B, N, 4],
-        ``scales`` [N, 3], ``opacities`` [N], ``colors`` [N, 3]."""
+    def surface(self, body: BodyModel, pose: Tensor, transl: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Each Gaussian's parent triangle under [B, 55, 3] poses: corners [B, N, 3, 3] and frames
+        [B, N, 3, 3] (columns: tangent, bitangent, normal). They depend on the pose only, not on the
+        Gaussians' own parameters, so a fit computes them once per view."""
         if body.name != self.body_model:
             raise ValueError(f"This avatar was built on the {self.body_model!r} body, got a {body.name!r} body.")
-        batch = pose.shape[0]
-        out = body(self.shape[None].expand(batch, -1), pose, transl)
-        frames, _ = triangle_frames(out.vertices, body.faces)
-        corners = out.vertices[:, body.faces[self.face]]  # [B, N, 3, 3]
-        frame = frames[:, self.face]  # [B, N, 3, 3]
+        return self.triangles(body, *body_surface(body, self.shape[None].expand(pose.shape[0], -1), pose, transl))
+
+    def triangles(self, body: BodyModel, vertices: Tensor, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """The parent triangles' corners and frames out of a posed body's [B, V, 3] vertices and
+        [B, F, 3, 3] face frames (:func:`body_surface`)."""
+        return vertices[:, body.faces[self.face]], frames[:, self.face]
+
+    def gaussians_on(self, corners: Tensor, frame: Tensor) -> dict[str, Tensor]:
+        """World-space Gaussians on triangles from :meth:`surface`: ``means`` [B, N, 3], ``quats``
+        [B, N, 4], ``scales`` [N, 3], ``opacities`` [N], ``colors`` [N, 3]."""
         means = (self.bary[None, :, :, None] * corners).sum(2) + self.offset[None, :, None] * frame[..., 2]
         quats = matrix_to_quaternion(frame @ quaternion_to_matrix(self.rotation)[None])
         return {
             "means": means, "quats": quats, "scales": self.log_scale.exp(),
             "opacities": torch.sigmoid(self.opacity_logit), "colors": self.color.clamp(0, 1),
         }  # fmt: skip
+
+    def posed(self, body: BodyModel, pose: Tensor, transl: Tensor | None = None) -> dict[str, Tensor]:
+        """World-space Gaussians for [B, 55, 3] poses (see :meth:`gaussians_on`)."""
+        return self.gaussians_on(*self.surface(body, pose, transl))
 
     def render(self, body: BodyModel, pose: Tensor, transl: Tensor | None, cameras: Cameras, background: Tensor | None = None) -> Render:
         """Render pose b into camera b (``len(cameras) == B``), or one pose into every camera."""

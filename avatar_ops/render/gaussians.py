@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -97,16 +98,7 @@ def rasterize(
         sh_degree: SH degree of ``colors``; None for plain RGB.
         backend: ``auto`` (by device), ``gsplat`` (CUDA) or ``torch``.
     """
-    n = means.shape[0]
-    for name, value, shape in (("quats", quats, (n, 4)), ("scales", scales, (n, 3)), ("opacities", opacities, (n,))):
-        if tuple(value.shape) != shape:
-            raise ValueError(f"`{name}` must be {list(shape)} for {n} Gaussians, got {list(value.shape)}.")
-    if means.ndim != 2 or means.shape[1] != 3:
-        raise ValueError(f"`means` must be [N, 3], got {list(means.shape)}.")
-    if sh_degree is None and tuple(colors.shape) != (n, 3):
-        raise ValueError(f"`colors` must be [N, 3] RGB without `sh_degree`, got {list(colors.shape)}.")
-    if sh_degree is not None and (colors.ndim != 3 or colors.shape[0] != n or colors.shape[1] < (sh_degree + 1) ** 2):
-        raise ValueError(f"`colors` must be [N, >= {(sh_degree + 1) ** 2}, 3] SH for sh_degree={sh_degree}, got {list(colors.shape)}.")
+    _check_gaussians(means, quats, scales, opacities, colors, sh_degree)
     num_cams = len(cameras)
     if background is None:
         background = torch.zeros(3, device=means.device, dtype=means.dtype)
@@ -120,15 +112,109 @@ def rasterize(
     return _rasterize_torch(means, quats, scales, opacities, colors, cameras, background, sh_degree, eps2d, near_plane, tile_size)
 
 
+def _check_gaussians(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, sh_degree: int | None) -> None:
+    if means.ndim != 2 or means.shape[1] != 3:
+        raise ValueError(f"`means` must be [N, 3], got {list(means.shape)}.")
+    n = means.shape[0]
+    for name, value, shape in (("quats", quats, (n, 4)), ("scales", scales, (n, 3)), ("opacities", opacities, (n,))):
+        if tuple(value.shape) != shape:
+            raise ValueError(f"`{name}` must be {list(shape)} for {n} Gaussians, got {list(value.shape)}.")
+    if sh_degree is None and tuple(colors.shape) != (n, 3):
+        raise ValueError(f"`colors` must be [N, 3] RGB without `sh_degree`, got {list(colors.shape)}.")
+    if sh_degree is not None and (colors.ndim != 3 or colors.shape[0] != n or colors.shape[1] < (sh_degree + 1) ** 2):
+        raise ValueError(f"`colors` must be [N, >= {(sh_degree + 1) ** 2}, 3] SH for sh_degree={sh_degree}, got {list(colors.shape)}.")
+
+
 def _rasterize_gsplat(means, quats, scales, opacities, colors, cameras, background, sh_degree, eps2d, near_plane, tile_size) -> Render:
+    batch = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors, "viewmats": cameras.viewmats, "Ks": cameras.Ks, "width": cameras.width, "height": cameras.height, "backgrounds": background}
+    out, alpha, _ = _gsplat_call(batch, sh_degree, eps2d, near_plane, tile_size)
+    return Render(rgb=out[..., :3], alpha=alpha, depth=out[..., 3:4])
+
+
+def rasterize_many(
+    scenes: Sequence[dict[str, Tensor]],
+    cameras: Sequence[Cameras],
+    background: Tensor | None = None,
+    sh_degree: int | None = None,
+    backend: str = "auto",
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    tile_size: int = 16,
+) -> list[Render]:
+    """Render independent scenes, scene i into ``cameras[i]``, each at its own image size.
+
+    A scene is a dict of :func:`rasterize`'s Gaussian arguments (``means``, ``quats``, ``scales``,
+    ``opacities``, ``colors``); scenes may hold different numbers of Gaussians. On CUDA, scenes with
+    the same number of cameras go through one ``gsplat.rasterization`` call (its leading batch
+    dimension): Gaussians are padded with transparent ones up to the largest scene and images up to
+    the largest size, then cropped back. On the CPU backend they are rendered one after another.
+    """
+    if len(scenes) != len(cameras):
+        raise ValueError(f"`scenes` and `cameras` must have the same length, got {len(scenes)} and {len(cameras)}.")
+    if not scenes:
+        return []
+    if backend == "auto":
+        backend = "gsplat" if scenes[0]["means"].is_cuda else "torch"
+    kwargs = {"sh_degree": sh_degree, "eps2d": eps2d, "near_plane": near_plane, "tile_size": tile_size}
+    if backend != "gsplat":
+        return [rasterize(**scene, cameras=cams, background=background, backend=backend, **kwargs) for scene, cams in zip(scenes, cameras)]
+    for scene in scenes:  # the single-scene checks, before padding hides a wrong shape
+        _check_gaussians(**scene, sh_degree=sh_degree)
+    renders: list[Render | None] = [None] * len(scenes)
+    by_count: dict[int, list[int]] = {}
+    for i, cams in enumerate(cameras):
+        by_count.setdefault(len(cams), []).append(i)
+    for index in by_count.values():
+        batch = stack_scenes([scenes[i] for i in index], [cameras[i] for i in index], background)
+        out, alpha, _ = _gsplat_call(batch, sh_degree, eps2d, near_plane, tile_size)
+        for render, i in zip(crop_renders(Render(rgb=out[..., :3], alpha=alpha, depth=out[..., 3:4]), [cameras[i] for i in index]), index):
+            renders[i] = render
+    return renders  # type: ignore[return-value]
+
+
+def stack_scenes(scenes: Sequence[dict[str, Tensor]], cameras: Sequence[Cameras], background: Tensor | None) -> dict:
+    """Scenes (with equal camera counts) -> [S, ...] batched Gaussians and cameras on one canvas:
+    missing Gaussians are transparent (zero opacity, at the origin), smaller images are extended to
+    the right and bottom (pixel coordinates unchanged)."""
+    ref = scenes[0]["means"]
+    n = max(int(s["means"].shape[0]) for s in scenes)
+
+    def pad(t: Tensor, row: list[float] | float) -> Tensor:
+        extra = n - t.shape[0]
+        if not extra:
+            return t
+        fill = torch.as_tensor(row, dtype=t.dtype, device=t.device).expand(extra, *t.shape[1:])
+        return torch.cat([t, fill])
+
+    width, height = max(c.width for c in cameras), max(c.height for c in cameras)
+    num_cams = len(cameras[0])
+    bg = torch.zeros(3, device=ref.device, dtype=ref.dtype) if background is None else background.to(ref)
+    return {
+        "means": torch.stack([pad(s["means"], 0.0) for s in scenes]),
+        "quats": torch.stack([pad(s["quats"], [1.0, 0.0, 0.0, 0.0]) for s in scenes]),
+        "scales": torch.stack([pad(s["scales"], 1e-3) for s in scenes]),
+        "opacities": torch.stack([pad(s["opacities"], 0.0) for s in scenes]),
+        "colors": torch.stack([pad(s["colors"], 0.0) for s in scenes]),
+        "viewmats": torch.stack([c.viewmats for c in cameras]),
+        "Ks": torch.stack([c.Ks for c in cameras]),
+        "width": width, "height": height,
+        "backgrounds": bg.expand(len(scenes), num_cams, 3),
+    }  # fmt: skip
+
+
+def crop_renders(render: Render, cameras: Sequence[Cameras]) -> list[Render]:
+    """[S, C, H, W, X] renders of :func:`stack_scenes` -> one Render per scene at its own size."""
+    return [Render(*(getattr(render, f)[i, :, : c.height, : c.width] for f in ("rgb", "alpha", "depth"))) for i, c in enumerate(cameras)]
+
+
+def _gsplat_call(batch: dict, sh_degree, eps2d, near_plane, tile_size):
     import gsplat
 
-    out, alpha, _ = gsplat.rasterization(
-        means, quats, scales, opacities, colors, cameras.viewmats, cameras.Ks, cameras.width, cameras.height,
-        near_plane=near_plane, eps2d=eps2d, sh_degree=sh_degree, tile_size=tile_size, backgrounds=background,
-        render_mode="RGB+ED", packed=False,
+    return gsplat.rasterization(
+        batch["means"], batch["quats"], batch["scales"], batch["opacities"], batch["colors"], batch["viewmats"], batch["Ks"],
+        batch["width"], batch["height"], near_plane=near_plane, eps2d=eps2d, sh_degree=sh_degree, tile_size=tile_size,
+        backgrounds=batch["backgrounds"], render_mode="RGB+ED", packed=False,
     )  # fmt: skip
-    return Render(rgb=out[..., :3], alpha=alpha, depth=out[..., 3:4])
 
 
 def _colors_for_cameras(means: Tensor, colors: Tensor, viewmats: Tensor, sh_degree: int | None) -> Tensor:

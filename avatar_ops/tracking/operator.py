@@ -111,11 +111,12 @@ class TrackingOperator:
         self.detector = detector
 
     @classmethod
-    def from_config(cls, config: TrackingConfig | None = None) -> TrackingOperator:
-        """Build the body model and the detector once (per actor or replica)."""
+    def from_config(cls, config: TrackingConfig | None = None, body: BodyModel | None = None) -> TrackingOperator:
+        """Build the body model (unless one built from the same config is given) and the detector
+        once (per actor or replica)."""
         config = config or TrackingConfig()
-        device = resolve_device(config.device)
-        return cls(config, build_body_model(config.body, device), MediaPipeDetector(config.detector))
+        body = build_body_model(config.body, resolve_device(config.device)) if body is None else body
+        return cls(config, body, MediaPipeDetector(config.detector))
 
     def check_health(self) -> None:
         """Raise if the operator cannot serve (a forward pass of its body must work)."""

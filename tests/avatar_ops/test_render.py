@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avatar_ops.render.gaussians import ALPHA_MAX, ALPHA_MIN, T_MIN, Cameras, rasterize
+from avatar_ops.render.gaussians import ALPHA_MAX, ALPHA_MIN, T_MIN, Cameras, Render, crop_renders, rasterize, rasterize_many, stack_scenes
 
 
 def _scene(n: int = 60, seed: int = 0, sh: bool = False):
@@ -123,6 +123,57 @@ def test_bad_arguments_are_named():
         rasterize(means, quats, scales, opacities, colors, _cameras(1), backend="opengl")
     with pytest.raises(ValueError, match="`Ks` must be"):
         Cameras(torch.eye(4)[None], torch.eye(3)[None].expand(2, 3, 3), 10, 10)
+
+
+def _scenes_of_different_sizes(device: str = "cpu"):
+    """Three scenes with different Gaussian counts, rendered into cameras of different sizes."""
+    scenes = [dict(zip(("means", "quats", "scales", "opacities", "colors"), (t.to(device) for t in _scene(n, seed=n)))) for n in (40, 70, 55)]
+    cams = [_cameras(1, 40, 32).to(device), _cameras(1, 24, 48).to(device), _cameras(1, 33, 20).to(device)]
+    return scenes, cams
+
+
+def test_batched_scenes_pad_with_transparent_gaussians_and_crop_back():
+    """The layout the CUDA path hands gsplat in one call (scenes padded to one Gaussian count and one
+    canvas), rendered here scene by scene with the CPU backend, equals each scene rendered alone."""
+    scenes, cams = _scenes_of_different_sizes()
+    background = torch.tensor([0.2, 0.4, 0.6])
+    batch = stack_scenes(scenes, cams, background)
+    assert batch["means"].shape == (3, 70, 3) and (batch["width"], batch["height"]) == (40, 48)
+    assert batch["opacities"][0, 40:].eq(0).all() and batch["opacities"][2, 55:].eq(0).all()
+    canvas = Cameras(batch["viewmats"][0], batch["Ks"][0], batch["width"], batch["height"])
+    renders = []
+    for i in range(3):
+        r = rasterize(batch["means"][i], batch["quats"][i], batch["scales"][i], batch["opacities"][i], batch["colors"][i], Cameras(batch["viewmats"][i], batch["Ks"][i], canvas.width, canvas.height), batch["backgrounds"][i], backend="torch")
+        renders.append(r)
+    stacked = Render(*(torch.stack([getattr(r, f) for r in renders]) for f in ("rgb", "alpha", "depth")))
+    for got, scene, cam in zip(crop_renders(stacked, cams), scenes, cams):
+        want = rasterize(**scene, cameras=cam, background=background, backend="torch")
+        assert got.rgb.shape == want.rgb.shape == (1, cam.height, cam.width, 3)
+        torch.testing.assert_close(got.rgb, want.rgb)
+        torch.testing.assert_close(got.alpha, want.alpha)
+    # The CPU backend of rasterize_many renders scene by scene: the same images.
+    for got, scene, cam in zip(rasterize_many(scenes, cams, background), scenes, cams):
+        torch.testing.assert_close(got.rgb, rasterize(**scene, cameras=cam, background=background).rgb)
+    with pytest.raises(ValueError, match="same length"):
+        rasterize_many(scenes, cams[:2])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for gsplat's kernels")
+def test_batched_gsplat_call_equals_one_call_per_scene():
+    scenes, cams = _scenes_of_different_sizes("cuda")
+    scenes = [{k: v.requires_grad_(True) for k, v in s.items()} for s in scenes]
+    together = rasterize_many(scenes, cams, backend="gsplat")
+    sum(r.rgb.sum() + r.alpha.sum() for r in together).backward()
+    grads = [{k: v.grad.clone() for k, v in s.items()} for s in scenes]
+    for scene, cam, got, grad in zip(scenes, cams, together, grads):
+        alone_params = {k: v.detach().clone().requires_grad_(True) for k, v in scene.items()}
+        alone = rasterize(**alone_params, cameras=cam, backend="gsplat")
+        torch.testing.assert_close(got.rgb, alone.rgb, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.alpha, alone.alpha, atol=1e-5, rtol=1e-5)
+        (alone.rgb.sum() + alone.alpha.sum()).backward()
+        for k, v in alone_params.items():
+            torch.testing.assert_close(grad[k], v.grad, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.cuda

@@ -121,6 +121,7 @@ def test_every_input_gets_exactly_one_row_with_its_outcome(folder_run):
         assert row["seconds_track"] > 0 and row["seconds_fit"] > 0 and row["psnr"] > 10
         assert len(row["content_id"]) == 20 and row["config_digest"] == summary["config_digest"]
     assert summary["statuses"] == {"ok": 2, "rejected": 7}
+    assert summary["actor_pools"] == [["track", "reconstruct", "fit", "export"]]  # no GPUs: fused
     saved = JobConfig.load(out / "job_config.yaml")
     assert saved == JobConfig.model_validate(FAST)
 
@@ -179,8 +180,10 @@ def test_s3_in_and_out_through_a_real_endpoint(local_ray, s3_endpoint, samples_d
     s3.create_bucket(Bucket="avatars")
     s3.put_object(Bucket="photos", Key="batch-1/a/hoodie.png", Body=(samples_dir / "man_hoodie_masked.png").read_bytes())
     s3.put_object(Bucket="photos", Key="batch-1/empty.jpg", Body=b"")
-    summary = run_job("s3://photos/batch-1", "s3://avatars/run-1", JobConfig.model_validate(FAST), progress=False)
+    config = JobConfig.model_validate({**FAST, "stages": {"fuse": "never"}})  # one pool per stage, as on a GPU cluster
+    summary = run_job("s3://photos/batch-1", "s3://avatars/run-1", config, progress=False)
     assert summary["statuses"] == {"ok": 1, "rejected": 1}
+    assert summary["actor_pools"] == [["track"], ["reconstruct"], ["fit"], ["export"]]
     rows = _read_manifest("s3://avatars/run-1/manifest/manifest.parquet")
     ok = next(r for r in rows if r["status"] == "ok")
     assert ok["source_uri"] == "s3://photos/batch-1/a/hoodie.png"
@@ -201,7 +204,9 @@ def test_resume_after_the_driver_is_killed(local_ray, samples_dir, tmp_path):
         hoodie.rotate(0, translate=(4 * i, 0)).save(folder / f"p{i}.png")
     out = tmp_path / "out"
     config_path = tmp_path / "job.yaml"
-    config_path.write_text(JobConfig.model_validate(FAST).to_yaml())
+    # Rows one at a time through the (fused) actor stage, so the job is still running after the first.
+    config = JobConfig.model_validate({**FAST, "stages": {"track": {"batch_size": 1}}})
+    config_path.write_text(config.to_yaml())
     driver = subprocess.Popen(
         [sys.executable, "-m", "jobs.cli", "batch", str(folder), str(out), "--config", str(config_path), "--no-progress"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -223,7 +228,7 @@ def test_resume_after_the_driver_is_killed(local_ray, samples_dir, tmp_path):
         driver.wait(timeout=30)
     finished = {p: p.stat().st_mtime_ns for p in (out / "avatars").glob("*/avatar.safetensors")}
     assert 1 <= len(finished) < 4
-    summary = run_job(str(folder), str(out), JobConfig.model_validate(FAST), progress=False)
+    summary = run_job(str(folder), str(out), config, progress=False)
     rows = _read_manifest(str(out / "manifest" / "manifest.parquet"))
     assert sorted(os.path.basename(r["source_uri"]) for r in rows) == [f"p{i}.png" for i in range(4)]
     assert all(r["status"] == "ok" for r in rows)

@@ -34,7 +34,7 @@ def test_losing_a_worker_node_mid_job_loses_no_rows(samples_dir, tmp_path):
         victim = cluster.add_node(num_cpus=2)
         cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
-        config = JobConfig.model_validate({**FAST, "ray": {"address": cluster.address, "max_restarts": 3, "max_task_retries": 3}, "attempts": 3})
+        config = JobConfig.model_validate({**FAST, "stages": {"fuse": "never"}, "ray": {"address": cluster.address, "max_restarts": 3, "max_task_retries": 3}, "attempts": 3})
         out = tmp_path / "out"
         result: dict = {}
 
