@@ -62,7 +62,7 @@ def main() -> None:
         "photos": len(paths), "cpus": args.cpus, "preset": args.preset, "fit_iters": pipeline_config.fit_config().settings["iters"],
         "loop": {"wall_s": round(loop_s, 1), "rows_per_s": round(loop_rate, 4), "ok": statuses.count("ok")},
         "ray_job": {"wall_s": round(job_s, 1), "rows_per_s": round(job_rate, 4), "statuses": summary["statuses"]},
-        "ratio": round(job_rate / loop_rate, 3),
+        "actor_pools": summary["actor_pools"], "ratio": round(job_rate / loop_rate, 3),
     }, indent=2))  # fmt: skip
 
 

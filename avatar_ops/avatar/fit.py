@@ -3,7 +3,7 @@
 Loss per view: L1 + D-SSIM on colour inside the mask, L1 of alpha against the mask. Regularisers:
 offset magnitude, scale bounds, Laplacian smoothness of offsets and colours between surface
 neighbours. Pseudo-labels (from the synthesis stage) add views with their own camera, body pose
-and weight.
+and weight. The avatars of one call are fitted together (see :class:`FittingOperator`).
 """
 
 from __future__ import annotations
