@@ -158,7 +158,7 @@ def test_fitting_uses_pseudo_label_views(reconstructed, tracked, anny_body):
 def test_a_batch_of_avatars_fits_as_each_would_alone(reconstructed, tracked, anny_body):
     """The fitting operator optimises its batch together (one body pass, one rasteriser call per
     step; on CUDA one gsplat call): each avatar must come out as it would fitted on its own."""
-    op = FittingOperator(FitConfig(iters=8, resolution=64), anny_body)
+    op = FittingOperator(FitConfig(iters=5, resolution=64), anny_body)
     items = [(reconstructed[name], tracked[name][1], []) for name in PHOTOS[:2]]
     together = op(items)
     for item, got in zip(items, together):

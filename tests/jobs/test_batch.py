@@ -180,10 +180,8 @@ def test_s3_in_and_out_through_a_real_endpoint(local_ray, s3_endpoint, samples_d
     s3.create_bucket(Bucket="avatars")
     s3.put_object(Bucket="photos", Key="batch-1/a/hoodie.png", Body=(samples_dir / "man_hoodie_masked.png").read_bytes())
     s3.put_object(Bucket="photos", Key="batch-1/empty.jpg", Body=b"")
-    config = JobConfig.model_validate({**FAST, "stages": {"fuse": "never"}})  # one pool per stage, as on a GPU cluster
-    summary = run_job("s3://photos/batch-1", "s3://avatars/run-1", config, progress=False)
+    summary = run_job("s3://photos/batch-1", "s3://avatars/run-1", JobConfig.model_validate(FAST), progress=False)
     assert summary["statuses"] == {"ok": 1, "rejected": 1}
-    assert summary["actor_pools"] == [["track"], ["reconstruct"], ["fit"], ["export"]]
     rows = _read_manifest("s3://avatars/run-1/manifest/manifest.parquet")
     ok = next(r for r in rows if r["status"] == "ok")
     assert ok["source_uri"] == "s3://photos/batch-1/a/hoodie.png"
@@ -200,7 +198,7 @@ def test_resume_after_the_driver_is_killed(local_ray, samples_dir, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     hoodie = Image.open(samples_dir / "man_hoodie_masked.png").convert("RGB")
-    for i in range(4):  # four different photos (different bytes, different avatar ids)
+    for i in range(3):  # three different photos (different bytes, different avatar ids)
         hoodie.rotate(0, translate=(4 * i, 0)).save(folder / f"p{i}.png")
     out = tmp_path / "out"
     config_path = tmp_path / "job.yaml"
@@ -227,10 +225,10 @@ def test_resume_after_the_driver_is_killed(local_ray, samples_dir, tmp_path):
                 pass
         driver.wait(timeout=30)
     finished = {p: p.stat().st_mtime_ns for p in (out / "avatars").glob("*/avatar.safetensors")}
-    assert 1 <= len(finished) < 4
+    assert 1 <= len(finished) < 3
     summary = run_job(str(folder), str(out), config, progress=False)
     rows = _read_manifest(str(out / "manifest" / "manifest.parquet"))
-    assert sorted(os.path.basename(r["source_uri"]) for r in rows) == [f"p{i}.png" for i in range(4)]
+    assert sorted(os.path.basename(r["source_uri"]) for r in rows) == [f"p{i}.png" for i in range(3)]
     assert all(r["status"] == "ok" for r in rows)
     assert summary["resumed"] >= len(finished)
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not recomputed

@@ -34,6 +34,7 @@ def test_losing_a_worker_node_mid_job_loses_no_rows(samples_dir, tmp_path):
         victim = cluster.add_node(num_cpus=2)
         cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
+        # One pool per stage, as on a GPU cluster (without GPUs the default would fuse them).
         config = JobConfig.model_validate({**FAST, "stages": {"fuse": "never"}, "ray": {"address": cluster.address, "max_restarts": 3, "max_task_retries": 3}, "attempts": 3})
         out = tmp_path / "out"
         result: dict = {}
@@ -57,6 +58,7 @@ def test_losing_a_worker_node_mid_job_loses_no_rows(samples_dir, tmp_path):
         rows = pq.read_table(io.BytesIO((out / "manifest" / "manifest.parquet").read_bytes())).to_pylist()
         assert sorted(os.path.basename(r["source_uri"]) for r in rows) == [f"p{i}.png" for i in range(5)]
         assert all(r["status"] == "ok" for r in rows), [(r["status"], r["reason"], r["detail"][:200]) for r in rows]
+        assert result["summary"]["actor_pools"] == [["track"], ["reconstruct"], ["fit"], ["export"]]
     finally:
         if ray.is_initialized():
             ray.shutdown()
