@@ -144,13 +144,14 @@ def read_inputs(input_uri: str, output: str, config: JobConfig, limit: int | Non
 
 def stage_groups(config: JobConfig) -> list[list[str]]:
     """The actor stages as they will be scheduled: one group per actor pool (see ``stages.fuse``).
-    ``auto`` asks the connected Ray cluster whether it has GPUs."""
+    ``auto`` keeps one pool per stage when a stage asks for GPUs or the connected cluster has any."""
     kinds = [k for k in STAGES if not (k == "synthesize" and config.pipeline.synthesis_mode == "none")]
     fuse = config.stages.fuse
     if fuse == "auto":
         import ray
 
-        fuse = "never" if ray.cluster_resources().get("GPU", 0) > 0 else "always"
+        wants_gpus = any(getattr(config.stages, k).num_gpus > 0 for k in kinds)
+        fuse = "never" if wants_gpus or ray.cluster_resources().get("GPU", 0) > 0 else "always"
     return [list(kinds)] if fuse == "always" else [[k] for k in kinds]
 
 
@@ -169,16 +170,17 @@ def build_dataset(inputs, output: str, config: JobConfig):
         num_cpus=st.decode.num_cpus, batch_format="numpy", max_retries=task_retries,
     )  # fmt: skip
     for group in stage_groups(config):
-        res = getattr(st, group[0])
+        # A fused pool: the pool and batch size of its first stage, the largest CPU/GPU request of all.
+        res = [getattr(st, k) for k in group]
         if len(group) == 1:
             stage, ctor = OperatorStage, {"kind": group[0]}
         else:
-            stage, ctor = FusedStage, {"kinds": group, "batch_sizes": [getattr(st, k).batch_size for k in group]}
+            stage, ctor = FusedStage, {"kinds": group, "batch_sizes": [r.batch_size for r in res]}
         ds = ds.map_batches(
-            stage, fn_constructor_kwargs={**ctor, "config_json": config_json, "output": output, "threads": res.threads},
-            compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
-            batch_size=res.batch_size, num_cpus=res.num_cpus, num_gpus=res.num_gpus, batch_format="numpy",
-            **actor_retries,
+            stage, fn_constructor_kwargs={**ctor, "config_json": config_json, "output": output, "threads": res[0].threads},
+            compute=ray.data.ActorPoolStrategy(min_size=res[0].min_actors, max_size=res[0].max_actors),
+            batch_size=res[0].batch_size, num_cpus=max(r.num_cpus for r in res), num_gpus=max(r.num_gpus for r in res),
+            batch_format="numpy", **actor_retries,
         )  # fmt: skip
     return ds.drop_columns(["image", "track", "state", "labels", "options"])
 

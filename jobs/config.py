@@ -33,9 +33,10 @@ def _stage(batch_size: int = 4, **kw) -> StageResources:
 class StagesConfig(FrozenConfig):
     fuse: Literal["auto", "always", "never"] = Field(
         "auto",
-        description="Run the actor stages (track .. export) one after another inside one actor pool, scheduled as `track`, "
-        "instead of one pool per stage. auto: fuse when the Ray cluster has no GPUs, where separate pools only compete "
-        "for the same cores; with GPUs, one pool per stage so each scales on its own.",
+        description="Run the actor stages (track .. export) one after another inside one actor pool (the pool and batch "
+        "size of `track`, the largest CPU and GPU request of the stages) instead of one pool per stage. auto: fuse when "
+        "no stage asks for GPUs and the Ray cluster has none, where separate pools only compete for the same cores; "
+        "otherwise one pool per stage, each scaling on its own.",
     )
     decode: StageResources = Field(default_factory=lambda: _stage(8, num_cpus=0.1))
     track: StageResources = Field(default_factory=lambda: _stage(8))

@@ -161,6 +161,8 @@ class OperatorStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = to_rows(batch)
+        if not rows:
+            return batch
         pending = [r for r in rows if r["status"] == "pending"]
         if pending:
             if self.metrics is not None:
@@ -257,6 +259,8 @@ class FusedStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = to_rows(batch)
+        if not rows:
+            return batch
         for stage, size in self.stages:
             rows = [row for start in range(0, len(rows), size) for row in to_rows(stage(to_batch(rows[start : start + size])))]
         return to_batch(rows)

@@ -27,3 +27,14 @@ def test_bad_config_names_the_file_and_key(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ValueError, match="expected a mapping at the top level, got list"):
         JobConfig.load(bad)
+
+
+def test_stage_pools_follow_fuse_and_gpu_requests():
+    from jobs.batch import stage_groups
+
+    per_stage = [["track"], ["reconstruct"], ["fit"], ["export"]]
+    # A stage that asks for a GPU keeps one pool per stage under `auto` (no Ray needed to decide).
+    assert stage_groups(JobConfig.model_validate({"stages": {"fit": {"num_gpus": 1}}})) == per_stage
+    assert stage_groups(JobConfig.model_validate({"stages": {"fuse": "never"}})) == per_stage
+    fused = JobConfig.model_validate({"stages": {"fuse": "always"}, "pipeline": {"synthesis_mode": "view"}})
+    assert stage_groups(fused) == [["track", "reconstruct", "synthesize", "fit", "export"]]
