@@ -1,8 +1,9 @@
 """Avatar building on this machine: rasteriser speed, then seconds per stage and peak memory for
 one sample photo per preset (each preset in its own process, so peak memory is its own), on the
-CPU and, where CUDA exists, on the GPU. Prints JSON. Target on 2 CPU cores: preview <= 90 s.
+CPU and, where CUDA exists, on the GPU; then the fit of the sample photos one by one against one
+batched call (seconds per avatar). Prints JSON. Target on 2 CPU cores: preview <= 90 s.
 
-    python bench/fitting.py [--presets preview standard] [--photo samples/man_hoodie_masked.png]
+    python bench/fitting.py [--presets preview standard] [--photo samples/man_hoodie_masked.png] [--no-batched]
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["preview"], choices=["preview", "standard", "high"], help="presets to time (default: preview)")
     parser.add_argument("--photo", default=str(REPO / "samples" / "man_hoodie_masked.png"), help="photo to build (default: the hoodie sample)")
+    parser.add_argument("--no-batched", action="store_true", help="skip the one-by-one vs batched fit comparison")
     parser.add_argument("--one", nargs=2, metavar=("PRESET", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -67,7 +69,44 @@ def main() -> None:
                 report["pipeline"].append({"preset": preset, "device": device, "error": child.stderr[-2000:]})
                 continue
             report["pipeline"].append(json.loads(child.stdout.strip().splitlines()[-1]))
+    if not args.no_batched:
+        report["batched_fit"] = [_batched_fit(device) for device in devices]
     print(json.dumps(report, indent=2))
+
+
+def _batched_fit(device: str, preset: str = "preview") -> dict:
+    """Every sample photo tracked and reconstructed, then fitted one call per avatar and all in one
+    call (same operator, same settings)."""
+    import torch
+
+    from avatar_ops.io.image import decode_image
+    from avatar_ops.pipeline import PipelineConfig, stage_operator
+    from avatar_ops.tracking.operator import TrackingConfig, TrackingOperator, TrackInput
+
+    config = PipelineConfig(preset=preset, tracking=TrackingConfig(device=device))
+    tracker = TrackingOperator.from_config(config.tracking)
+    photos = [decode_image(p.read_bytes()) for p in sorted((REPO / "samples").glob("*.[jp][pn]g"))]
+    tracks = tracker([TrackInput(p) for p in photos])
+    recs = stage_operator("reconstruct", config, tracker.body)([(t, p.rgb) for t, p in zip(tracks, photos)])
+    items = [(rec, p.rgb, []) for rec, p in zip(recs, photos)]
+    fitter = stage_operator("fit", config, tracker.body)
+
+    def timed(fn) -> tuple[float, list]:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t, out
+
+    one_s, alone = timed(lambda: [fitter([item])[0] for item in items])
+    batch_s, together = timed(lambda: fitter(items))
+    return {
+        "device": device, "preset": preset, "avatars": len(items),
+        "one_by_one_s_per_avatar": round(one_s / len(items), 2), "batched_s_per_avatar": round(batch_s / len(items), 2),
+        "psnr_one_by_one": [round(o.quality["psnr"], 2) for o in alone], "psnr_batched": [round(o.quality["psnr"], 2) for o in together],
+    }  # fmt: skip
 
 
 def _one_preset(preset: str, device: str, photo: str) -> dict:

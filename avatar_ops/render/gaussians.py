@@ -3,7 +3,7 @@
 One entry point, :func:`rasterize`. The backend follows the tensors' device: ``gsplat.rasterization``
 on CUDA; on the CPU a PyTorch tiled rasteriser that projects with gsplat's own PyTorch reference
 (``gsplat.cuda._torch_impl``, the same formulas as its CUDA kernels) and composites front to back
-per 16x16 tile with the same rules: 3.33-sigma screen footprint, ``eps2d`` low-pass, alpha clamped
+per tile (4x4 pixels by default) with the same rules: 3.33-sigma screen footprint, ``eps2d`` low-pass, alpha clamped
 to 0.999, contributions under 1/255 skipped, a pixel stops at transmittance 1e-4, colours from SH
 get +0.5 and are clamped at 0, depth is the expected depth (accumulated depth over alpha).
 Gradients reach every Gaussian parameter through autograd.
@@ -21,6 +21,8 @@ from torch import Tensor
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
+GSPLAT_TILE = 16  # default tile sizes (pixels per side) of the two backends
+TORCH_TILE = 4
 
 
 @dataclasses.dataclass
@@ -83,7 +85,7 @@ def rasterize(
     backend: str = "auto",
     eps2d: float = 0.3,
     near_plane: float = 0.01,
-    tile_size: int = 16,
+    tile_size: int | None = None,
 ) -> Render:
     """Render Gaussians into every camera.
 
@@ -97,6 +99,9 @@ def rasterize(
         background: [3] or [C, 3] colour behind the Gaussians (black when None).
         sh_degree: SH degree of ``colors``; None for plain RGB.
         backend: ``auto`` (by device), ``gsplat`` (CUDA) or ``torch``.
+        tile_size: pixels per tile side; None: 16 for gsplat (its default), 4 for the CPU backend
+            (small tiles waste less work on pixels a Gaussian barely reaches: on an avatar fit
+            2.2x faster than 16; the images do not depend on it).
     """
     _check_gaussians(means, quats, scales, opacities, colors, sh_degree)
     num_cams = len(cameras)
@@ -106,10 +111,10 @@ def rasterize(
     if backend == "auto":
         backend = "gsplat" if means.is_cuda else "torch"
     if backend == "gsplat":
-        return _rasterize_gsplat(means, quats, scales, opacities, colors, cameras, background, sh_degree, eps2d, near_plane, tile_size)
+        return _rasterize_gsplat(means, quats, scales, opacities, colors, cameras, background, sh_degree, eps2d, near_plane, tile_size or GSPLAT_TILE)
     if backend != "torch":
         raise ValueError(f"`backend` must be 'auto', 'gsplat' or 'torch', got {backend!r}.")
-    return _rasterize_torch(means, quats, scales, opacities, colors, cameras, background, sh_degree, eps2d, near_plane, tile_size)
+    return _rasterize_torch(means, quats, scales, opacities, colors, cameras, background, sh_degree, eps2d, near_plane, tile_size or TORCH_TILE)
 
 
 def _check_gaussians(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, sh_degree: int | None) -> None:
@@ -139,7 +144,7 @@ def rasterize_many(
     backend: str = "auto",
     eps2d: float = 0.3,
     near_plane: float = 0.01,
-    tile_size: int = 16,
+    tile_size: int | None = None,
 ) -> list[Render]:
     """Render independent scenes, scene i into ``cameras[i]``, each at its own image size.
 
@@ -166,7 +171,7 @@ def rasterize_many(
         by_count.setdefault(len(cams), []).append(i)
     for index in by_count.values():
         batch = stack_scenes([scenes[i] for i in index], [cameras[i] for i in index], background)
-        out, alpha, _ = _gsplat_call(batch, sh_degree, eps2d, near_plane, tile_size)
+        out, alpha, _ = _gsplat_call(batch, sh_degree, eps2d, near_plane, tile_size or GSPLAT_TILE)
         for render, i in zip(crop_renders(Render(rgb=out[..., :3], alpha=alpha, depth=out[..., 3:4]), [cameras[i] for i in index]), index):
             renders[i] = render
     return renders  # type: ignore[return-value]
