@@ -161,8 +161,11 @@ class OperatorStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = to_rows(batch)
-        if not rows:
-            return batch
+        return to_batch(self.run_rows(rows)) if rows else batch
+
+    def run_rows(self, rows: list[dict]) -> list[dict]:
+        """The stage on rows (updated in place and returned): pending rows are processed, the
+        others passed through."""
         pending = [r for r in rows if r["status"] == "pending"]
         if pending:
             if self.metrics is not None:
@@ -177,7 +180,7 @@ class OperatorStage:
             for row in rows:
                 if not row["resumed"] and row["status"] in FINAL:
                     self._record(row)
-        return to_batch(rows)
+        return rows
 
     def process(self, rows: list[dict]) -> list[dict]:
         """Updates for each pending row, in order; raises only on a bug or a broken input."""
@@ -262,5 +265,6 @@ class FusedStage:
         if not rows:
             return batch
         for stage, size in self.stages:
-            rows = [row for start in range(0, len(rows), size) for row in to_rows(stage(to_batch(rows[start : start + size])))]
+            for start in range(0, len(rows), size):
+                stage.run_rows(rows[start : start + size])
         return to_batch(rows)

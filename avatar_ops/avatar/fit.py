@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +126,6 @@ class _Problem:
     poses: list[Tensor]
     transls: list[Tensor]
     weights: list[float]
-    labels: int
 
 
 class FittingOperator:
@@ -140,7 +139,7 @@ class FittingOperator:
     """
 
     PARAMS = ("offset", "rotation", "log_scale", "opacity_logit", "color")
-    LR_FACTORS = {"offset": 0.1, "rotation": 1.0, "log_scale": 0.5, "opacity_logit": 5.0, "color": 2.0}
+    LR_FACTORS: ClassVar[dict[str, float]] = {"offset": 0.1, "rotation": 1.0, "log_scale": 0.5, "opacity_logit": 5.0, "color": 2.0}
 
     def __init__(self, config: FitConfig, body: BodyModel) -> None:
         self.config = config
@@ -150,7 +149,7 @@ class FittingOperator:
         """Raise if the operator cannot serve (a forward pass of its body must work)."""
         self.body.check_health()
 
-    def __call__(self, items: Sequence[tuple[ReconstructResult, "object", Sequence[PseudoLabel]]]) -> list[FitOutcome]:
+    def __call__(self, items: Sequence[tuple[ReconstructResult, object, Sequence[PseudoLabel]]]) -> list[FitOutcome]:
         problems = [self._problem(rec, rgb, list(labels)) for rec, rgb, labels in items]
         if not problems:
             return []
@@ -166,14 +165,16 @@ class FittingOperator:
             k += len(p.images)
 
         def render(avatars: list[GaussianAvatar], photo_only: bool = False) -> list[list]:
+            """Renders of each avatar's views (only the photo's with ``photo_only``), in one call."""
+            chosen = [tris[:1] if photo_only else tris for tris in triangles]
             scenes, cams = [], []
-            for a, p, tris in zip(avatars, problems, triangles):
-                for v, (corners, frame) in enumerate(tris[:1] if photo_only else tris):
+            for a, p, tris in zip(avatars, problems, chosen):
+                for v, (corners, frame) in enumerate(tris):
                     g = a.gaussians_on(corners, frame)
                     scenes.append({**g, "means": g["means"][0], "quats": g["quats"][0]})
                     cams.append(p.cameras[v])
             flat = iter(rasterize_many(scenes, cams))
-            return [[next(flat) for _ in (tris[:1] if photo_only else tris)] for tris in triangles]
+            return [[next(flat) for _ in tris] for tris in chosen]
 
         params = [{name: getattr(p.avatar, name).clone().requires_grad_(True) for name in self.PARAMS} for p in problems]
         opt = torch.optim.Adam([{"params": [q[name] for q in params], "lr": cfg.lr * self.LR_FACTORS[name]} for name in self.PARAMS])
@@ -207,7 +208,7 @@ class FittingOperator:
                 "psnr_before": psnr(b4[0].rgb[0], image * mask[..., None], mask),
                 "psnr": psnr(af[0].rgb[0], image * mask[..., None], mask),
                 "alpha_iou": float(((alpha > 0.5) & (mask > 0.5)).sum() / ((alpha > 0.5) | (mask > 0.5)).sum().clamp(min=1)),
-                "pseudo_labels": float(p.labels),
+                "pseudo_labels": float(len(p.images) - 1),
             }
             outcomes.append(FitOutcome(avatar=a, quality=quality))
         return outcomes
@@ -219,13 +220,12 @@ class FittingOperator:
         cfg, dev = self.config, self.body.device
         resolution = cfg.settings["resolution"]
         avatar = rec.avatar.detach()
-        if avatar.body_model != self.body.name:
-            raise ValueError(f"This avatar was built on the {avatar.body_model!r} body, got a {self.body.name!r} body.")
+        avatar.check_body(self.body)
         scale = min(1.0, resolution / max(avatar.width, avatar.height))
         cams = avatar.source_camera(scale)
         image = torch.from_numpy(np.ascontiguousarray(rgb)).to(dev).float().permute(2, 0, 1)[None] / 255.0
         image = F.interpolate(image, size=(cams.height, cams.width), mode="area")[0].permute(1, 2, 0)
-        problem = _Problem(avatar, rec.neighbours.to(dev), [image], [self._photo_mask(rec, cams)], [cams], [avatar.source_pose], [avatar.source_transl], [1.0], len(labels))
+        problem = _Problem(avatar, rec.neighbours.to(dev), [image], [self._photo_mask(rec, cams)], [cams], [avatar.source_pose], [avatar.source_transl], [1.0])
         for label in labels:
             image, mask, cam = self._label_at_resolution(label, resolution)
             problem.images.append(image)

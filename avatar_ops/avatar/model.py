@@ -87,9 +87,13 @@ class GaussianAvatar:
         """Each Gaussian's parent triangle under [B, 55, 3] poses: corners [B, N, 3, 3] and frames
         [B, N, 3, 3] (columns: tangent, bitangent, normal). They depend on the pose only, not on the
         Gaussians' own parameters, so a fit computes them once per view."""
+        self.check_body(body)
+        return self.triangles(body, *body_surface(body, self.shape[None].expand(pose.shape[0], -1), pose, transl))
+
+    def check_body(self, body: BodyModel) -> None:
+        """Raise unless ``body`` is the kind of body this avatar was built on."""
         if body.name != self.body_model:
             raise ValueError(f"This avatar was built on the {self.body_model!r} body, got a {body.name!r} body.")
-        return self.triangles(body, *body_surface(body, self.shape[None].expand(pose.shape[0], -1), pose, transl))
 
     def triangles(self, body: BodyModel, vertices: Tensor, frames: Tensor) -> tuple[Tensor, Tensor]:
         """The parent triangles' corners and frames out of a posed body's [B, V, 3] vertices and

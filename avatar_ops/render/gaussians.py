@@ -104,17 +104,24 @@ def rasterize(
             2.2x faster than 16; the images do not depend on it).
     """
     _check_gaussians(means, quats, scales, opacities, colors, sh_degree)
+    backend = _resolve_backend(backend, means)
     num_cams = len(cameras)
     if background is None:
         background = torch.zeros(3, device=means.device, dtype=means.dtype)
     background = background.to(means).expand(num_cams, 3)
-    if backend == "auto":
-        backend = "gsplat" if means.is_cuda else "torch"
     if backend == "gsplat":
-        return _rasterize_gsplat(means, quats, scales, opacities, colors, cameras, background, sh_degree, eps2d, near_plane, tile_size or GSPLAT_TILE)
-    if backend != "torch":
-        raise ValueError(f"`backend` must be 'auto', 'gsplat' or 'torch', got {backend!r}.")
+        batch = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors, "viewmats": cameras.viewmats, "Ks": cameras.Ks, "width": cameras.width, "height": cameras.height, "backgrounds": background}
+        return _gsplat_call(batch, sh_degree, eps2d, near_plane, tile_size)
     return _rasterize_torch(means, quats, scales, opacities, colors, cameras, background, sh_degree, eps2d, near_plane, tile_size or TORCH_TILE)
+
+
+def _resolve_backend(backend: str, means: Tensor) -> str:
+    """``auto`` -> by the tensors' device; anything but the two backends is an error."""
+    if backend == "auto":
+        return "gsplat" if means.is_cuda else "torch"
+    if backend not in ("gsplat", "torch"):
+        raise ValueError(f"`backend` must be 'auto', 'gsplat' or 'torch', got {backend!r}.")
+    return backend
 
 
 def _check_gaussians(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, sh_degree: int | None) -> None:
@@ -128,12 +135,6 @@ def _check_gaussians(means: Tensor, quats: Tensor, scales: Tensor, opacities: Te
         raise ValueError(f"`colors` must be [N, 3] RGB without `sh_degree`, got {list(colors.shape)}.")
     if sh_degree is not None and (colors.ndim != 3 or colors.shape[0] != n or colors.shape[1] < (sh_degree + 1) ** 2):
         raise ValueError(f"`colors` must be [N, >= {(sh_degree + 1) ** 2}, 3] SH for sh_degree={sh_degree}, got {list(colors.shape)}.")
-
-
-def _rasterize_gsplat(means, quats, scales, opacities, colors, cameras, background, sh_degree, eps2d, near_plane, tile_size) -> Render:
-    batch = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors, "viewmats": cameras.viewmats, "Ks": cameras.Ks, "width": cameras.width, "height": cameras.height, "backgrounds": background}
-    out, alpha, _ = _gsplat_call(batch, sh_degree, eps2d, near_plane, tile_size)
-    return Render(rgb=out[..., :3], alpha=alpha, depth=out[..., 3:4])
 
 
 def rasterize_many(
@@ -158,10 +159,9 @@ def rasterize_many(
         raise ValueError(f"`scenes` and `cameras` must have the same length, got {len(scenes)} and {len(cameras)}.")
     if not scenes:
         return []
-    if backend == "auto":
-        backend = "gsplat" if scenes[0]["means"].is_cuda else "torch"
+    backend = _resolve_backend(backend, scenes[0]["means"])
     kwargs = {"sh_degree": sh_degree, "eps2d": eps2d, "near_plane": near_plane, "tile_size": tile_size}
-    if backend != "gsplat":
+    if backend == "torch":
         return [rasterize(**scene, cameras=cams, background=background, backend=backend, **kwargs) for scene, cams in zip(scenes, cameras)]
     for scene in scenes:  # the single-scene checks, before padding hides a wrong shape
         _check_gaussians(**scene, sh_degree=sh_degree)
@@ -171,8 +171,8 @@ def rasterize_many(
         by_count.setdefault(len(cams), []).append(i)
     for index in by_count.values():
         batch = stack_scenes([scenes[i] for i in index], [cameras[i] for i in index], background)
-        out, alpha, _ = _gsplat_call(batch, sh_degree, eps2d, near_plane, tile_size or GSPLAT_TILE)
-        for render, i in zip(crop_renders(Render(rgb=out[..., :3], alpha=alpha, depth=out[..., 3:4]), [cameras[i] for i in index]), index):
+        together = _gsplat_call(batch, sh_degree, eps2d, near_plane, tile_size)
+        for render, i in zip(crop_renders(together, [cameras[i] for i in index]), index):
             renders[i] = render
     return renders  # type: ignore[return-value]
 
@@ -212,14 +212,16 @@ def crop_renders(render: Render, cameras: Sequence[Cameras]) -> list[Render]:
     return [Render(*(getattr(render, f)[i, :, : c.height, : c.width] for f in ("rgb", "alpha", "depth"))) for i, c in enumerate(cameras)]
 
 
-def _gsplat_call(batch: dict, sh_degree, eps2d, near_plane, tile_size):
+def _gsplat_call(batch: dict, sh_degree, eps2d, near_plane, tile_size: int | None) -> Render:
+    """``gsplat.rasterization`` on a dict of its tensors (with or without a leading batch dimension)."""
     import gsplat
 
-    return gsplat.rasterization(
+    out, alpha, _ = gsplat.rasterization(
         batch["means"], batch["quats"], batch["scales"], batch["opacities"], batch["colors"], batch["viewmats"], batch["Ks"],
-        batch["width"], batch["height"], near_plane=near_plane, eps2d=eps2d, sh_degree=sh_degree, tile_size=tile_size,
+        batch["width"], batch["height"], near_plane=near_plane, eps2d=eps2d, sh_degree=sh_degree, tile_size=tile_size or GSPLAT_TILE,
         backgrounds=batch["backgrounds"], render_mode="RGB+ED", packed=False,
     )  # fmt: skip
+    return Render(rgb=out[..., :3], alpha=alpha, depth=out[..., 3:4])
 
 
 def _colors_for_cameras(means: Tensor, colors: Tensor, viewmats: Tensor, sh_degree: int | None) -> Tensor:

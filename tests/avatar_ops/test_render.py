@@ -142,11 +142,10 @@ def test_batched_scenes_pad_with_transparent_gaussians_and_crop_back():
     batch = stack_scenes(scenes, cams, background)
     assert batch["means"].shape == (3, 70, 3) and (batch["width"], batch["height"]) == (40, 48)
     assert batch["opacities"][0, 40:].eq(0).all() and batch["opacities"][2, 55:].eq(0).all()
-    canvas = Cameras(batch["viewmats"][0], batch["Ks"][0], batch["width"], batch["height"])
     renders = []
     for i in range(3):
-        r = rasterize(batch["means"][i], batch["quats"][i], batch["scales"][i], batch["opacities"][i], batch["colors"][i], Cameras(batch["viewmats"][i], batch["Ks"][i], canvas.width, canvas.height), batch["backgrounds"][i], backend="torch")
-        renders.append(r)
+        canvas = Cameras(batch["viewmats"][i], batch["Ks"][i], batch["width"], batch["height"])
+        renders.append(rasterize(batch["means"][i], batch["quats"][i], batch["scales"][i], batch["opacities"][i], batch["colors"][i], canvas, batch["backgrounds"][i], backend="torch"))
     stacked = Render(*(torch.stack([getattr(r, f) for r in renders]) for f in ("rgb", "alpha", "depth")))
     for got, scene, cam in zip(crop_renders(stacked, cams), scenes, cams):
         want = rasterize(**scene, cameras=cam, background=background, backend="torch")
