@@ -20,6 +20,7 @@ from pydantic import Field
 
 from avatar_ops.avatar.export import export_avatar
 from avatar_ops.avatar.fit import PRESETS, FitConfig, FittingOperator
+from avatar_ops.avatar.limits import PartLimits
 from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructionOperator, ReconstructResult
 from avatar_ops.body import BodyModel, build_body_model, resolve_device
 from avatar_ops.io import storage
@@ -45,10 +46,11 @@ class PipelineConfig(FrozenConfig):
     num_gaussians: int | None = Field(None, ge=100, description="Overrides the preset's Gaussian count.")
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    reconstruct: ReconstructConfig = Field(default_factory=ReconstructConfig, description="num_gaussians here is ignored: the preset (or `num_gaussians`) sets it.")
+    reconstruct: ReconstructConfig = Field(default_factory=ReconstructConfig, description="num_gaussians and limits here are ignored: the preset (or `num_gaussians`) and `limits` set them.")
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig, description="Diffusion-refined pseudo-label views and poses (weights, per-mode settings).")
     synthesis_mode: Literal["none", "view", "pose", "both"] = Field("none", description="Which pseudo-labels to synthesize for the fit; without `synthesis.model` the hints pass through unrefined and are not fitted to.")
-    fit: FitConfig = Field(default_factory=FitConfig, description="preset here is ignored: the pipeline's preset sets it.")
+    fit: FitConfig = Field(default_factory=FitConfig, description="preset and limits here are ignored: the pipeline's preset and `limits` set them.")
+    limits: PartLimits = Field(default_factory=PartLimits, description="Per-part limits on the Gaussians' offsets, scales, anisotropy and opacity: reconstruction builds within them and the fit keeps them.")
     export: ExportConfig = Field(default_factory=ExportConfig)
 
     def with_preset(self, preset: str | None) -> PipelineConfig:
@@ -58,10 +60,10 @@ class PipelineConfig(FrozenConfig):
         return PipelineConfig.model_validate({**self.model_dump(), "preset": preset})
 
     def reconstruct_config(self) -> ReconstructConfig:
-        return self.reconstruct.model_copy(update={"num_gaussians": self.num_gaussians or PRESETS[self.preset]["num_gaussians"]})
+        return self.reconstruct.model_copy(update={"num_gaussians": self.num_gaussians or PRESETS[self.preset]["num_gaussians"], "limits": self.limits})
 
     def fit_config(self) -> FitConfig:
-        return self.fit.model_copy(update={"preset": self.preset})
+        return self.fit.model_copy(update={"preset": self.preset, "limits": self.limits})
 
     def digest(self) -> str:
         """A stable hash of the content-deciding settings (device excluded)."""

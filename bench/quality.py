@@ -1,21 +1,40 @@
-"""Ground-truth quality benchmark. Prints JSON.
+"""Ground-truth quality benchmark: how the avatar holds up from every side and in new poses.
+Prints JSON; writes PNG sheets with ``--save``.
 
-Textured Anny bodies (varied shape, pose and clothing palette) are rendered from 8 cameras on a
-circle with a z-buffered mesh rasteriser. The front view goes through the pipeline (tracking with
-the ground-truth 2D keypoints and the render's alpha as mask, reconstruction, fitting); the fitted
-avatar is rendered from the other 7 cameras and compared with the ground truth: PSNR over the
-person (union of both masks), SSIM over the frame, silhouette IoU, per view angle.
+Subjects (``bench/subjects.py``): textured Anny bodies with a face, hair and garments, in varied
+shapes, skin tones and poses (arms bent towards the camera, a stride, a turned torso, ...). Two
+sets: ``consistent`` (each garment's back has the front's colour and weave but not its print) and
+``hard`` (an unrelated back), reported separately.
 
-Textures are solid procedural patterns on the rest-pose body, different front and back so that
-colours guessed for unseen sides show: skin, hair (top and back of the head), a shirt with
-horizontal stripes on the front and vertical stripes on the back, checked trousers, dark shoes.
+Each subject is rendered (z-buffered textured mesh, 2x supersampled) from 8 cameras on a circle;
+camera 0 (in front) is the photo. Three entry points build the avatar, each reported on its own:
 
-    python bench/quality.py [--subjects 3] [--preset preview] [--size 320]
+* ``oracle``: the true body (shape, pose, camera-frame placement) and the true mask go straight
+  to reconstruction and fitting: this isolates appearance completion and fitting.
+* ``keypoints``: the true 2D keypoints and mask go through the tracker (the body fit).
+* ``photo``: the RGBA cut-out goes through the detector and everything after it, exactly as
+  ``generate`` does (the pipeline's own operators and default configs).
+
+The fitted body is aligned to the true one by a similarity transform (Umeyama, over the 22 SMPL-X
+body joints); PA-MPJPE and the per-vertex surface error (PVE) are reported after it. The aligned
+avatar is rendered from the 8 cameras, and in new poses (frames of the bundled ``walk`` and
+``wave`` clips: the true body re-posed against the avatar animated to the same joint angles,
+each aligned the same way) from the same 8 cameras. The input view is the avatar as it is, in the
+photo's camera.
+
+Figures per render: PSNR over the intersection and over the union of the two silhouettes, SSIM
+over the person's box (scikit-image, 11-pixel Gaussian window, sigma 1.5, as published figures
+are computed), silhouette IoU. The representation ceiling is the true textured mesh sampled into
+the same number of Gaussians (true colours, the reconstruction's sizes), rendered the same way.
+
+    python bench/quality.py [--subjects 6] [--sets consistent hard] [--entries oracle keypoints photo]
+                            [--preset preview] [--size 320] [--save DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import resource
@@ -25,225 +44,381 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-SKIN, HAIR, SHIRT_FRONT, SHIRT_BACK, TROUSERS, SHOES = range(6)
+ENTRIES = ("oracle", "keypoints", "photo")
+SETS = ("consistent", "hard")
+NEW_POSES = (("walk", 8), ("wave", 20))  # bundled clip, frame: mid-stride; the arm up
+N_VIEWS = 8
+BACK_ANGLE = 180
+TARGETS = {
+    # issue 14's bar, preview preset, photo entry, consistent set
+    "novel_psnr_inter_mean": 21.0, "back_psnr_inter": 19.0, "novel_iou_mean": 0.88, "novel_iou_min": 0.80,
+    "pose_psnr_inter": 21.0, "pose_iou": 0.85, "input_psnr": 25.0, "oracle_gap_to_ceiling_max_db": 3.0,
+}  # fmt: skip
 
 
-def part_labels(body, rest):
-    """Per-vertex part from the dominant bone and the rest-pose position."""
+def umeyama(src, dst):
+    """Similarity (s, R, t) minimising ||dst - (s R src + t)||^2 over [N, 3] point pairs."""
+    from avatar_ops.body.alignment import similarity_transform
+
+    return similarity_transform(src, dst)
+
+
+def body_joints(body, out):
+    """[B, 22, 3] the SMPL-X body joints (pelvis .. wrists) of an Anny forward pass: the head of
+    the first bone each joint drives."""
     import torch
 
-    names = body.joint_names
-    bone = body.skinning_weights.argmax(1)
-    label = torch.full((len(rest),), SKIN, dtype=torch.long)
-    kind = []
-    for n in names:
-        base = n.split(".")[0]
-        if base.startswith(("spine", "clavicle", "shoulder", "upperarm", "breast")):
-            kind.append(SHIRT_FRONT)
-        elif base.startswith(("pelvis", "upperleg", "lowerleg", "root")):
-            kind.append(TROUSERS)
-        elif base.startswith(("foot", "toe")):
-            kind.append(SHOES)
-        else:
-            kind.append(SKIN)
-    label = torch.tensor(kind)[bone]
-    torso = label == SHIRT_FRONT
-    centre_z = rest[torso, 2].mean()
-    label[torso & (rest[:, 2] < centre_z)] = SHIRT_BACK
-    head = torch.tensor([n.split(".")[0].startswith(("head", "neck03", "eye", "jaw", "tongue", "teeth")) for n in names])[bone]
-    top = rest[head, 1].max()
-    head_centre_z = rest[head, 2].mean()
-    hair = head & ((rest[:, 1] > top - 0.07) | ((rest[:, 2] < head_centre_z - 0.01) & (rest[:, 1] > top - 0.2)))
-    label[hair] = HAIR
-    return label
+    index = []
+    for j in range(22):
+        bones = torch.nonzero(body.bone_to_joint == j)[:, 0]
+        index.append(int(bones[0]))
+    return out.joints[:, index]
 
 
-def shade(label, pos, palette):
-    """[H, W] part labels and [H, W, 3] rest positions -> [H, W, 3] colours."""
-    import torch
+def aligned_gaussians(g, scale, rot, transl):
+    """The posed Gaussians ``g`` (from ``GaussianAvatar.posed``, batch 1) moved by a similarity."""
+    from avatar_ops.body.rotations import matrix_to_quaternion, quaternion_to_matrix
 
-    out = torch.zeros(pos.shape)
-    y, x = pos[..., 1], pos[..., 0]
-    stripes_h = ((y / palette["stripe"]).floor() % 2)[..., None]
-    stripes_v = ((x / palette["stripe"]).floor() % 2)[..., None]
-    checks = (((x / palette["check"]).floor() + (y / palette["check"]).floor()) % 2)[..., None]
-    colours = {
-        SKIN: palette["skin"].expand_as(out),
-        HAIR: palette["hair"].expand_as(out),
-        SHIRT_FRONT: stripes_h * palette["shirt_a"] + (1 - stripes_h) * palette["shirt_b"],
-        SHIRT_BACK: stripes_v * palette["back_a"] + (1 - stripes_v) * palette["back_b"],
-        TROUSERS: checks * palette["trousers_a"] + (1 - checks) * palette["trousers_b"],
-        SHOES: palette["shoes"].expand_as(out),
+    means = g["means"][0] @ rot.T * scale + transl
+    quats = matrix_to_quaternion(rot[None] @ quaternion_to_matrix(g["quats"][0]))
+    return {"means": means, "quats": quats, "scales": g["scales"] * scale, "opacities": g["opacities"], "colors": g["colors"]}
+
+
+def render_gaussians(g, cameras):
+    from avatar_ops.avatar.model import RASTERIZE_MODE
+    from avatar_ops.render.gaussians import rasterize
+
+    return rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], cameras, rasterize_mode=RASTERIZE_MODE)
+
+
+def figures(pred_rgb, pred_alpha, truth_rgb, truth_mask) -> dict:
+    """Per-view figures of one render against its truth ([H, W, 3], [H, W] each)."""
+    import numpy as np
+    from skimage.metrics import structural_similarity
+
+    from avatar_ops.avatar.fit import psnr
+
+    pm = pred_alpha > 0.5
+    tm = truth_mask
+    inter, union = pm & tm, pm | tm
+    pred = pred_rgb.clamp(0, 1)
+    out = {
+        "psnr_inter": round(psnr(pred, truth_rgb, inter.float()), 2) if inter.any() else 0.0,
+        "psnr_union": round(psnr(pred, truth_rgb, union.float()), 2) if union.any() else 0.0,
+        "iou": round(float(inter.sum() / union.sum().clamp(min=1)), 4),
     }
-    for part, colour in colours.items():
-        out = torch.where((label == part)[..., None], colour, out)
+    ys, xs = np.nonzero(union.numpy())
+    if len(ys):
+        pad = 4
+        y0, y1 = max(0, ys.min() - pad), min(union.shape[0], ys.max() + pad + 1)
+        x0, x1 = max(0, xs.min() - pad), min(union.shape[1], xs.max() + pad + 1)
+        a, b = pred[y0:y1, x0:x1].double().numpy(), truth_rgb[y0:y1, x0:x1].double().numpy()
+        if min(a.shape[:2]) >= 11:
+            out["ssim"] = round(float(structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0, channel_axis=-1)), 4)
     return out
 
 
-def make_subject(body, index: int):
+def mean_figures(rows: list[dict]) -> dict:
+    import numpy as np
+
+    keys = sorted({k for r in rows for k in r if isinstance(r[k], (int, float))})
+    return {k: round(float(np.mean([r[k] for r in rows if k in r])), 4) for k in keys}
+
+
+def ceiling_avatar(body, texture, shape, pose_c, transl_c, intrinsics, width, height, reconstruct_config):
+    """The true textured surface as the same number of Gaussians, laid out as reconstruction lays
+    them out, each with the true texture averaged over its own patch of surface (the surface
+    sampled 16 times as densely, each sample given to its nearest Gaussian)."""
     import torch
+    from scipy.spatial import cKDTree
 
-    from avatar_ops.body.base import SMPLX_JOINT_NAMES
+    from avatar_ops.avatar.reconstruct import initial_layout, sample_surface
+    from avatar_ops.body.parts import body_parts
 
-    g = torch.Generator().manual_seed(100 + index)
-    rand = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
-    shape = 0.25 + 0.5 * rand(1, body.num_shape_params)
-    pose = torch.zeros(1, 55, 3)
-    j = {n: i for i, n in enumerate(SMPLX_JOINT_NAMES)}
-    pose[0, j["left_shoulder"], 2] = -(0.9 + 0.4 * rand(1))
-    pose[0, j["right_shoulder"], 2] = 0.9 + 0.4 * rand(1)
-    pose[0, j["left_elbow"], 1] = -0.4 * rand(1)
-    pose[0, j["right_elbow"], 1] = 0.4 * rand(1)
-    pose[0, j["left_hip"], 2] = 0.1 * rand(1)
-    pose[0, j["right_hip"], 2] = -0.1 * rand(1)
-    c = lambda: rand(3) * 0.8 + 0.1  # noqa: E731
-    palette = {
-        "skin": torch.tensor([0.85, 0.65, 0.52]) * (0.6 + 0.4 * rand(1)), "hair": c() * 0.4,
-        "shirt_a": c(), "shirt_b": c(), "back_a": c(), "back_b": c(), "trousers_a": c() * 0.6, "trousers_b": c() * 0.6,
-        "shoes": c() * 0.2, "stripe": 0.04 + 0.04 * float(rand(1)), "check": 0.05 + 0.04 * float(rand(1)),
-    }  # fmt: skip
-    return shape, pose, palette
-
-
-def render_truth(body, shape, pose, palette, cameras):
-    """Ground-truth RGB [C, H, W, 3] and masks [C, H, W] (black background)."""
-    import torch
-
-    from avatar_ops.render.mesh import rasterize_mesh
-
+    cfg = reconstruct_config
     with torch.no_grad():
-        posed = body(shape, pose).vertices[0]
-        rest = body(shape, torch.zeros_like(pose)).vertices[0]
-    labels = part_labels(body, rest)
-    face_label = labels[body.faces].mode(1).values
-    images, masks = [], []
-    for c in range(len(cameras)):
-        view = cameras.viewmats[c]
-        cam_vertices = posed @ view[:3, :3].T + view[:3, 3]
-        frags = rasterize_mesh(cam_vertices, body.faces, cameras.Ks[c], cameras.width, cameras.height)
-        pos = frags.interpolate(rest, body.faces)
-        label = torch.where(frags.mask, face_label[frags.face.clamp(min=0)], torch.full_like(frags.face, -1))
-        images.append(torch.where(frags.mask[..., None], shade(label, pos, palette), torch.zeros(3)))
-        masks.append(frags.mask)
-    return torch.stack(images), torch.stack(masks), posed
+        posed = body(shape, pose_c, transl_c).vertices[0]
+    layout = initial_layout(posed, body.faces, cfg.num_gaussians, cfg.seed, cfg.size_factor, cfg.thickness)
+
+    def colour_at(face, bary):
+        corners = body.faces[face]
+        pos = (bary[:, :, None] * texture.rest[corners]).sum(1)
+        nrm = (bary[:, :, None] * texture.normals[corners]).sum(1)
+        return texture(pos, nrm, texture.face_parts[face])
+
+    centres = (layout.bary[:, :, None] * posed[body.faces[layout.face]]).sum(1)
+    face, bary = sample_surface(posed, body.faces, 16 * len(layout.face), cfg.seed + 1)
+    dense = (bary[:, :, None] * posed[body.faces[face]]).sum(1)
+    _, nearest = cKDTree(centres.numpy()).query(dense.numpy())
+    nearest = torch.from_numpy(nearest)
+    count = torch.bincount(nearest, minlength=len(centres))
+    total = torch.zeros(len(centres), 3).index_add_(0, nearest, colour_at(face, bary))
+    colour = torch.where((count > 0)[:, None], total / count.clamp(min=1)[:, None], colour_at(layout.face, layout.bary))
+    inward = -cfg.inward * layout.log_scale[:, 0].exp()
+    avatar = layout.avatar(body.name, shape[0], colour, pose_c[0], transl_c[0], intrinsics, width, height, cfg.initial_opacity, inward)
+    part = body_parts(body).of_faces(body.faces).part[layout.face]
+    cfg.limits.project(part, avatar.offset, avatar.rotation, avatar.log_scale, avatar.opacity_logit)
+    return avatar
+
+
+def _sheet(rows_of_images, tile: int):
+    """Rows of [H, W, 3] float images -> one uint8 sheet, tiles ``tile`` px."""
+    import numpy as np
+    import torch
+
+    lines = []
+    for row in rows_of_images:
+        tiles = [torch.nn.functional.interpolate(img.permute(2, 0, 1)[None].clamp(0, 1), size=(tile, tile), mode="area")[0].permute(1, 2, 0) for img in row]
+        lines.append(torch.cat(tiles, 1))
+    return (torch.cat(lines, 0).numpy() * 255).round().astype(np.uint8)
+
+
+class Bench:
+    def __init__(self, args) -> None:
+        import torch
+
+        from avatar_ops.avatar.model import orbit_cameras
+        from avatar_ops.pipeline import AvatarPipeline, PipelineConfig
+
+        self.args = args
+        self.pipeline = AvatarPipeline(PipelineConfig(preset=args.preset))
+        self.body = self.pipeline.tracker.body
+        self.focal_factor = self.pipeline.config.tracking.fit.focal_factor
+        # Every camera has the focal length the tracker assumes (as if the photo's EXIF said so).
+        self.fov_deg = math.degrees(2 * math.atan(0.5 / self.focal_factor))
+        self.orbit = lambda target, size: orbit_cameras(N_VIEWS, target, args.distance, 0.0, size, fov_deg=self.fov_deg)
+        self.torch = torch
+
+    def subject(self, subject) -> dict:
+        """Every entry's figures (and sheets) for one subject, plus the ceiling."""
+        import numpy as np
+        import torch
+        from subjects import Texture, posed_in_camera, render_truth
+
+        from avatar_ops.io.image import decode_image
+        from avatar_ops.motion import load_motion
+        from avatar_ops.render.gaussians import Cameras
+        from avatar_ops.tracking.smplify import project
+
+        args, body = self.args, self.body
+        texture = Texture(body, subject)
+        with torch.no_grad():
+            world = body(subject.shape, subject.pose)
+        cams = self.orbit(world.joints[0, 0], args.size)
+        photo_cams = self.orbit(world.joints[0, 0], args.photo_size)
+        view0 = cams.viewmats[0]
+        truth, truth_masks = render_truth(body, texture, subject.shape, subject.pose, cams)
+        photo, photo_mask = render_truth(body, texture, subject.shape, subject.pose, photo_cams[:1])
+        pose_c, transl_c = posed_in_camera(body, subject.shape, subject.pose, view0)
+        k_photo = photo_cams.Ks[0]
+        with torch.no_grad():
+            true_c = body(subject.shape, pose_c, transl_c)
+        true_joints_c = body_joints(body, true_c)[0]
+        # Cameras in the photo camera's frame (where the avatar lives).
+        rel = Cameras(cams.viewmats @ torch.linalg.inv(view0), cams.Ks, cams.width, cams.height)
+
+        poses = {}
+        for clip, frame in NEW_POSES:
+            motion = load_motion(clip)
+            p = motion.pose[frame : frame + 1].clone()
+            with torch.no_grad():
+                out = body(subject.shape, p)
+            pcams = self.orbit(out.joints[0, 0], args.size)
+            images, masks = render_truth(body, texture, subject.shape, p, pcams)
+            poses[clip] = {"pose": p, "cams": pcams, "truth": images, "masks": masks, "joints": body_joints(body, out)[0]}
+
+        rgb = (photo[0].numpy() * 255).round().astype(np.uint8)
+        alpha = photo_mask[0].numpy().astype(np.uint8) * 255
+        png = io.BytesIO()
+        from PIL import Image
+
+        Image.fromarray(np.concatenate([rgb, alpha[..., None]], -1), "RGBA").save(png, format="PNG")
+        decoded = decode_image(png.getvalue(), self.pipeline.config.decode)
+        kp3 = true_c.keypoints[0]
+        kp2 = project(kp3[None], k_photo[None])[0]
+        keypoints = torch.cat([kp2, torch.ones(len(kp2), 1)], 1).numpy().astype(np.float32)
+
+        report = {"subject": subject.name, "back": subject.back, "entries": {}}
+        sheets = {}
+        # The representation ceiling.
+        ceiling = ceiling_avatar(body, texture, subject.shape, pose_c, transl_c, k_photo, args.photo_size, args.photo_size, self.pipeline.reconstructor.config)
+        report["ceiling"] = self._evaluate(ceiling, None, truth, truth_masks, rel, poses, cams, view0, truth_input=(truth[0], truth_masks[0]))[0]
+        for entry in args.entries:
+            t0 = time.perf_counter()
+            avatar = self._build(entry, decoded, keypoints, subject, pose_c, transl_c, k_photo, rgb, photo_mask[0])
+            seconds = time.perf_counter() - t0
+            if isinstance(avatar, str):
+                report["entries"][entry] = {"status": "rejected", "reason": avatar}
+                continue
+            with torch.no_grad():
+                fit_c = body(avatar.shape[None], avatar.source_pose[None], avatar.source_transl[None])
+            fit_joints = body_joints(body, fit_c)[0]
+            s, r, t = umeyama(fit_joints, true_joints_c)
+            pa = (fit_joints @ r.T * s + t - true_joints_c).norm(dim=1).mean()
+            pve = (fit_c.vertices[0] @ r.T * s + t - true_c.vertices[0]).norm(dim=1).mean()
+            figs, images = self._evaluate(avatar, (s, r, t), truth, truth_masks, rel, poses, cams, view0, truth_input=(truth[0], truth_masks[0]))
+            figs.update({"status": "ok", "seconds": round(seconds, 1), "pa_mpjpe_mm": round(float(pa) * 1000, 1), "pve_mm": round(float(pve) * 1000, 1), "scale": round(float(s), 3)})
+            report["entries"][entry] = figs
+            sheets[entry] = images
+        return report, sheets, truth, poses
+
+    def _build(self, entry, decoded, keypoints, subject, pose_c, transl_c, k_photo, rgb, mask):
+        """The fitted avatar of one entry point, or the reason it was rejected."""
+        import numpy as np
+
+        from avatar_ops.body.base import KEYPOINT_NAMES  # noqa: F401
+        from avatar_ops.tracking.operator import TrackInput, TrackResult
+        from avatar_ops.types import Rejected
+
+        p = self.pipeline
+        if entry == "oracle":
+            track = TrackResult(
+                body_model=self.body.name, shape=subject.shape[0].numpy(), pose=pose_c[0].numpy(), transl=transl_c[0].numpy(),
+                intrinsics=k_photo.numpy().astype(np.float32), width=decoded.width, height=decoded.height, keypoints=keypoints,
+                projected_keypoints=keypoints[:, :2], mask=mask.numpy(), num_people=1, quality={},
+            )  # fmt: skip
+        else:
+            track = p.tracker([TrackInput(decoded, [keypoints] if entry == "keypoints" else None)])[0]
+        if isinstance(track, Rejected):
+            return f"track: {track.reason}: {track.detail}"
+        rec = p.reconstructor([(track, decoded.rgb)])[0]
+        if isinstance(rec, Rejected):
+            return f"reconstruct: {rec.reason}: {rec.detail}"
+        return p.fitter([(rec, decoded.rgb, [])])[0].avatar
+
+    def _evaluate(self, avatar, alignment, truth, truth_masks, rel, poses, cams, view0, truth_input):
+        """Figures of an avatar (aligned by ``alignment``; None: as it is) in every view and pose."""
+        import torch
+
+        body, args = self.body, self.args
+        with torch.no_grad():
+            g = avatar.posed(body, avatar.source_pose[None], avatar.source_transl[None])
+            if alignment is not None:
+                g = aligned_gaussians(g, *alignment)
+            else:
+                g = {**g, "means": g["means"][0], "quats": g["quats"][0]}
+            orbit = render_gaussians(g, rel)
+            # The input view: the avatar as fitted, in the photo's camera (no alignment).
+            src = avatar.source_camera(args.size / args.photo_size)
+            raw = avatar.render(body, avatar.source_pose[None], avatar.source_transl[None], src)
+        per_view = []
+        for c in range(N_VIEWS):
+            per_view.append({"angle_deg": round(360 * c / N_VIEWS), **figures(orbit.rgb[c], orbit.alpha[c, ..., 0], truth[c], truth_masks[c])})
+        out = {"per_view": per_view, "input_view": figures(raw.rgb[0], raw.alpha[0, ..., 0], *truth_input)}
+        novel = [v for v in per_view if v["angle_deg"] != 0]
+        out["novel_mean"] = mean_figures(novel)
+        images = {"orbit": orbit.rgb}
+        out["poses"] = {}
+        for clip, data in poses.items():
+            with torch.no_grad():
+                pose = data["pose"].clone()
+                pose[:, 25:] = avatar.source_pose[25:]  # hands as the photo has them (animate does the same)
+                fitted = body(avatar.shape[None], pose)
+                gp = avatar.posed(body, pose)
+                if alignment is not None:
+                    s, r, t = umeyama(body_joints(body, fitted)[0], data["joints"])
+                    gp = aligned_gaussians(gp, s, r, t)
+                else:
+                    gp = {**gp, "means": gp["means"][0], "quats": gp["quats"][0]}
+                render = render_gaussians(gp, data["cams"])
+            views = [figures(render.rgb[c], render.alpha[c, ..., 0], data["truth"][c], data["masks"][c]) for c in range(N_VIEWS)]
+            out["poses"][clip] = {"mean": mean_figures(views), "per_view": [{"angle_deg": round(360 * c / N_VIEWS), **v} for c, v in enumerate(views)]}
+            images[clip] = render.rgb
+        return out, images
+
+
+def summarise(reports: list[dict], entry: str) -> dict:
+    """Mean figures over subjects of one entry (or ``ceiling``)."""
+    ok = [r["ceiling"] if entry == "ceiling" else r["entries"][entry] for r in reports]
+    ok = [r for r in ok if r.get("status", "ok") == "ok"]
+    if not ok:
+        return {"subjects_ok": 0}
+    per_view = [mean_figures([r["per_view"][c] for r in ok]) for c in range(N_VIEWS)]
+    out = {
+        "subjects_ok": len(ok), "subjects": len(reports),
+        "per_view": per_view,
+        "novel_mean": mean_figures([r["novel_mean"] for r in ok]),
+        "novel_iou_min": round(min(v["iou"] for v in per_view[1:]), 4),
+        "back": per_view[N_VIEWS // 2],
+        "input_view": mean_figures([r["input_view"] for r in ok]),
+        "poses": {clip: mean_figures([r["poses"][clip]["mean"] for r in ok]) for clip in ok[0]["poses"]},
+    }  # fmt: skip
+    if entry != "ceiling":
+        for key in ("pa_mpjpe_mm", "pve_mm", "seconds"):
+            out[key] = round(sum(r[key] for r in ok) / len(ok), 1)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subjects", type=int, default=3, help="textured bodies to test (default: 3)")
-    parser.add_argument("--preset", default="preview", choices=["preview", "standard", "high"], help="fitting preset (default: preview)")
-    parser.add_argument("--size", type=int, default=320, help="render size in pixels (default: 320)")
-    parser.add_argument("--save", type=Path, default=None, help="write a PNG per subject (ground truth over prediction) into this folder")
+    parser.add_argument("--subjects", type=int, default=6, help="subjects per set (default: 6; the bar asks for at least 4)")
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS, help="subject sets (default: both)")
+    parser.add_argument("--entries", nargs="+", default=list(ENTRIES), choices=ENTRIES, help="entry points (default: all three)")
+    parser.add_argument("--preset", default="preview", choices=["preview", "standard", "high"], help="quality preset (default: preview)")
+    parser.add_argument("--size", type=int, default=None, help="side of the evaluation renders in pixels (default: the preset's supervision resolution, 256 for preview)")
+    parser.add_argument("--photo-size", type=int, default=512, help="side of the input photo in pixels (default: 512)")
+    parser.add_argument("--distance", type=float, default=3.0, help="camera distance in metres (default: 3.0)")
+    parser.add_argument("--only", nargs="+", type=int, default=None, help="evaluate only these subject indices")
+    parser.add_argument("--save", type=Path, default=None, help="write PNG sheets (truth rows over prediction rows) into this folder")
     args = parser.parse_args()
 
     import numpy as np
-    import torch
+    from PIL import Image
+    from subjects import make_subjects
 
-    from avatar_ops.avatar.fit import PRESETS, FitConfig, FittingOperator, _ssim, psnr
-    from avatar_ops.avatar.model import orbit_cameras
-    from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructionOperator
-    from avatar_ops.body import BodyModelConfig, build_body_model
-    from avatar_ops.io.image import DecodedImage
-    from avatar_ops.render.gaussians import Cameras
-    from avatar_ops.tracking.operator import TrackingConfig, TrackingOperator, TrackInput
-    from avatar_ops.tracking.smplify import project
+    if args.size is None:
+        from avatar_ops.avatar.fit import PRESETS
 
-    from avatar_ops.tracking.smplify import FitConfig as BodyFitConfig
-
-    body = build_body_model(BodyModelConfig(kind="anny"))
-    fov_deg = 40.0
-    # The photo's focal length is known here, as with EXIF; the tracker is told it.
-    focal_factor = 0.5 / math.tan(math.radians(fov_deg) / 2)
-    tracker = TrackingOperator(TrackingConfig(device="cpu", fit=BodyFitConfig(focal_factor=focal_factor)), body, detector=None)
-    reconstructor = ReconstructionOperator(ReconstructConfig(num_gaussians=PRESETS[args.preset]["num_gaussians"]), body)
-    fitter = FittingOperator(FitConfig(preset=args.preset), body)
-    per_view: dict[int, list[dict]] = {}
-    subjects = []
+        args.size = PRESETS[args.preset]["resolution"]
+    bench = Bench(args)
     t_start = time.perf_counter()
-    for s in range(args.subjects):
-        shape, pose, palette = make_subject(body, s)
-        with torch.no_grad():
-            pelvis = body(shape, pose).joints[0, 0]
-        cams = orbit_cameras(8, pelvis, 3.0, 0.0, args.size, fov_deg=fov_deg)
-        truth, masks, posed = render_truth(body, shape, pose, palette, cams)
-        # The front view is the photo; the ground-truth keypoints and the alpha go with it.
-        view0 = cams.viewmats[0]
-        with torch.no_grad():
-            kp3 = body(shape, pose).keypoints[0] @ view0[:3, :3].T + view0[:3, 3]
-        kp2 = project(kp3[None], cams.Ks[:1])[0]
-        keypoints = torch.cat([kp2, torch.ones(len(kp2), 1)], 1).numpy().astype(np.float32)
-        rgb = (truth[0].numpy() * 255).round().astype(np.uint8)
-        alpha = masks[0].numpy().astype(np.uint8) * 255
-        track = tracker([TrackInput(DecodedImage(rgb=rgb, alpha=alpha, format="PNG", mode="RGBA"), [keypoints])])[0]
-        if not hasattr(track, "pose"):
-            subjects.append({"subject": s, "status": "rejected", "reason": str(track)})
-            continue
-        rec = reconstructor([(track, rgb)])[0]
-        t0 = time.perf_counter()
-        fitted = fitter([(rec, rgb, [])])[0]
-        fit_s = time.perf_counter() - t0
-        avatar = fitted.avatar
-        # Camera i in the photo camera's frame (the avatar lives there).
-        rel = cams.viewmats @ torch.linalg.inv(view0)
-        rel_cams = Cameras(rel, cams.Ks, cams.width, cams.height)
-        # One photo cannot tell a larger body further away from a smaller one nearer: besides the
-        # raw figures, report them after scaling the avatar about the photo's camera centre so its
-        # pelvis lies at the true depth (the input view's image is unchanged by this).
-        from avatar_ops.render.gaussians import rasterize
-
-        with torch.no_grad():
-            fitted_pelvis = body(avatar.shape[None], avatar.source_pose[None], avatar.source_transl[None]).joints[0, 0]
-            true_pelvis = pelvis @ view0[:3, :3].T + view0[:3, 3]
-            scale = float(true_pelvis[2] / fitted_pelvis[2])
-            pred = avatar.render(body, avatar.source_pose[None], avatar.source_transl[None], rel_cams)
-            g = avatar.posed(body, avatar.source_pose[None], avatar.source_transl[None])
-            aligned = rasterize(g["means"][0] * scale, g["quats"][0], g["scales"] * scale, g["opacities"], g["colors"], rel_cams)
-        rows = []
-        for c in range(8):
-            angle = round(360 * c / 8)
-            pm = pred.alpha[c, ..., 0] > 0.5
-            union = (pm | masks[c]).float()
-            entry = {
-                "angle_deg": angle,
-                "psnr_person": round(psnr(pred.rgb[c].clamp(0, 1), truth[c], union), 2),
-                "ssim": round(float(_ssim(pred.rgb[c].clamp(0, 1).permute(2, 0, 1)[None], truth[c].permute(2, 0, 1)[None])), 4),
-                "silhouette_iou": round(float((pm & masks[c]).sum() / union.sum().clamp(min=1)), 3),
-            }
-            am = aligned.alpha[c, ..., 0] > 0.5
-            aunion = (am | masks[c]).float()
-            entry["aligned_psnr_person"] = round(psnr(aligned.rgb[c].clamp(0, 1), truth[c], aunion), 2)
-            entry["aligned_ssim"] = round(float(_ssim(aligned.rgb[c].clamp(0, 1).permute(2, 0, 1)[None], truth[c].permute(2, 0, 1)[None])), 4)
-            entry["aligned_silhouette_iou"] = round(float((am & masks[c]).sum() / aunion.sum().clamp(min=1)), 3)
-            rows.append(entry)
-            per_view.setdefault(angle, []).append(entry)
-        subjects.append({"subject": s, "status": "ok", "fit_s": round(fit_s, 1), "depth_scale": round(scale, 3), "views": rows})
+    result = {"preset": args.preset, "size": args.size, "photo_size": args.photo_size, "fov_deg": round(bench.fov_deg, 2), "sets": {}}
+    for set_name in args.sets:
+        subjects = make_subjects(bench.body, args.subjects, set_name)
+        if args.only is not None:
+            subjects = [s for i, s in enumerate(subjects) if i in args.only]
+        reports, overview = [], {e: [] for e in args.entries}
+        for subject in subjects:
+            report, sheets, truth, poses = bench.subject(subject)
+            reports.append(report)
+            print(json.dumps({"set": set_name, "subject": subject.name, **{e: {k: report["entries"][e].get(k) for k in ("novel_mean", "input_view", "pa_mpjpe_mm")} for e in report["entries"]}}), file=sys.stderr)
+            if args.save:
+                args.save.mkdir(parents=True, exist_ok=True)
+                for entry, images in sheets.items():
+                    rows = [list(truth), list(images["orbit"])]
+                    for clip in poses:
+                        rows += [list(poses[clip]["truth"]), list(images[clip])]
+                    Image.fromarray(_sheet(rows, 160)).save(args.save / f"{set_name}_{subject.name}_{entry}.png")
+                    overview[entry] += [list(truth), list(images["orbit"])]
         if args.save:
-            from PIL import Image
-
-            args.save.mkdir(parents=True, exist_ok=True)
-            top = np.concatenate(list(truth.numpy()), 1)
-            bottom = np.concatenate(list(aligned.rgb.clamp(0, 1).numpy()), 1)
-            Image.fromarray((np.concatenate([top, bottom], 0) * 255).astype(np.uint8)).save(args.save / f"subject_{s}.png")
-    summary = []
-    for angle in sorted(per_view):
-        rows = per_view[angle]
-        summary.append({
-            "angle_deg": angle, "input_view": angle == 0,
-            "psnr_person": round(float(np.mean([r["psnr_person"] for r in rows])), 2),
-            "ssim": round(float(np.mean([r["ssim"] for r in rows])), 4),
-            "silhouette_iou": round(float(np.mean([r["silhouette_iou"] for r in rows])), 3),
-            **{k: round(float(np.mean([r[k] for r in rows])), 3) for k in ("aligned_psnr_person", "aligned_ssim", "aligned_silhouette_iou")},
-        })  # fmt: skip
-    novel = [r for r in summary if not r["input_view"]]
-    report = {
-        "preset": args.preset, "size": args.size, "subjects": len(subjects),
-        "per_view": summary,
-        "novel_views_mean": {k: round(float(np.mean([r[k] for r in novel])), 3) for k in ("psnr_person", "ssim", "silhouette_iou", "aligned_psnr_person", "aligned_ssim", "aligned_silhouette_iou")} if novel else {},
-        "per_subject": subjects, "wall_s": round(time.perf_counter() - t_start, 1),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-    }  # fmt: skip
-    print(json.dumps(report, indent=2))
+            for entry, rows in overview.items():
+                if rows:
+                    Image.fromarray(_sheet(rows, 112)).save(args.save / f"{set_name}_{entry}_overview.png")
+        summary = {"ceiling": summarise(reports, "ceiling"), **{e: summarise(reports, e) for e in args.entries}}
+        if "oracle" in args.entries and summary["oracle"].get("subjects_ok"):
+            gaps = [c["psnr_inter"] - o["psnr_inter"] for c, o in zip(summary["ceiling"]["per_view"], summary["oracle"]["per_view"])]
+            summary["oracle_gap_to_ceiling_db"] = {"per_view": [round(g, 2) for g in gaps], "max": round(max(gaps), 2)}
+        result["sets"][set_name] = {"summary": summary, "per_subject": reports}
+    consistent = result["sets"].get("consistent", {}).get("summary", {})
+    photo = consistent.get("photo", {})
+    if photo.get("subjects_ok"):
+        measured = {
+            "novel_psnr_inter_mean": photo["novel_mean"]["psnr_inter"], "back_psnr_inter": photo["back"]["psnr_inter"],
+            "novel_iou_mean": photo["novel_mean"]["iou"], "novel_iou_min": photo["novel_iou_min"],
+            "pose_psnr_inter": min(p["psnr_inter"] for p in photo["poses"].values()), "pose_iou": min(p["iou"] for p in photo["poses"].values()),
+            "input_psnr": photo["input_view"]["psnr_inter"],
+        }  # fmt: skip
+        if "oracle_gap_to_ceiling_db" in consistent:
+            measured["oracle_gap_to_ceiling_max_db"] = consistent["oracle_gap_to_ceiling_db"]["max"]
+        result["targets"] = {
+            k: {"measured": v, "target": TARGETS[k], "met": bool(v <= TARGETS[k] if k.endswith("_max_db") else v >= TARGETS[k])} for k, v in measured.items()
+        }
+    result["wall_s"] = round(time.perf_counter() - t_start, 1)
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(result, indent=1))
+    del np
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def over_http(photo: bytes, concurrencies: list[int], requests_per_level: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--photo", default=str(REPO / "samples" / "man_wall_fullbody.jpg"), help="photo to track")
+    parser.add_argument("--photo", default=str(REPO / "samples" / "elder_fruit_halfbody.jpg"), help="photo to track")
     parser.add_argument("--requests", type=int, default=16, help="requests per concurrency level (at least the concurrency)")
     parser.add_argument("--repeats", type=int, default=5, help="in-process timed calls")
     args = parser.parse_args()

@@ -24,7 +24,7 @@ def bad_files(samples_dir: Path) -> dict[str, tuple[bytes, str]]:
     scene[300:420, 100:260] = (60, 140, 60)
     gif = io.BytesIO()
     Image.fromarray(scene).save(gif, format="GIF")
-    photo = (samples_dir / "man_wall_fullbody.jpg").read_bytes()
+    photo = (samples_dir / "elder_fruit_halfbody.jpg").read_bytes()
     return {
         "empty.jpg": (b"", "empty_file"),
         "notes.png": (b"%PDF-1.4 not a photo" * 10, "not_an_image"),

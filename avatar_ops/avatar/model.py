@@ -17,6 +17,11 @@ from avatar_ops.body.base import BodyModel
 from avatar_ops.body.rotations import matrix_to_quaternion, quaternion_to_matrix
 from avatar_ops.render.gaussians import Cameras, Render, rasterize
 
+# Avatars render with gsplat's anti-aliased mode: a Gaussian seen edge-on (the body's outline)
+# covers only as much as it would without the low-pass filter, so outlines stay as tight as the
+# surface they sit on, at every image size.
+RASTERIZE_MODE = "antialiased"
+
 
 def triangle_frames(vertices: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
     """[B, V, 3] vertices -> per-face [B, F, 3, 3] frames (columns: edge, bitangent, normal) and
@@ -118,10 +123,13 @@ class GaussianAvatar:
         """Render pose b into camera b (``len(cameras) == B``), or one pose into every camera."""
         g = self.posed(body, pose, transl)
         if pose.shape[0] == 1:
-            return rasterize(g["means"][0], g["quats"][0], g["scales"], g["opacities"], g["colors"], cameras, background)
+            return rasterize(g["means"][0], g["quats"][0], g["scales"], g["opacities"], g["colors"], cameras, background, rasterize_mode=RASTERIZE_MODE)
         if pose.shape[0] != len(cameras):
             raise ValueError(f"{pose.shape[0]} poses need 1 or {pose.shape[0]} cameras, got {len(cameras)}.")
-        renders = [rasterize(g["means"][b], g["quats"][b], g["scales"], g["opacities"], g["colors"], cameras[b : b + 1], background) for b in range(pose.shape[0])]
+        renders = [
+            rasterize(g["means"][b], g["quats"][b], g["scales"], g["opacities"], g["colors"], cameras[b : b + 1], background, rasterize_mode=RASTERIZE_MODE)
+            for b in range(pose.shape[0])
+        ]
         return Render(*(torch.cat([getattr(r, f) for r in renders]) for f in ("rgb", "alpha", "depth")))
 
     def source_camera(self, scale: float = 1.0) -> Cameras:

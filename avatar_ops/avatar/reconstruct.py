@@ -1,15 +1,15 @@
 """The reconstruction operator: a tracked photo -> a Gaussian avatar bound to the body mesh.
 
-1. Gaussians are sampled on the fitted body's surface (area-weighted, seeded), flat along the
-   triangle (thin along its normal), sized to tile the surface.
-2. Visibility: a point z-buffer of the posed surface in the photo's camera; a Gaussian is seen when
-   it faces the camera, is the nearest surface at its pixel (within a tolerance) and falls in the
-   person mask. Seen Gaussians take the photo's colour there.
-3. Clothing and hair: where the mask reaches beyond the body, Gaussians near the body's outline
-   are pushed out along their normal until their projection reaches the mask's edge; offsets are
-   then smoothed over surface neighbours.
-4. Unseen surface (the back, occluded limbs) takes the colour of the nearest seen Gaussians in the
-   body's rest pose, so nothing is black or transparent.
+1. Gaussians are sampled on the fitted body's surface (area-weighted, seeded), flat along their
+   triangle, sized to tile the surface, within the part limits (:mod:`avatar_ops.avatar.limits`).
+2. The photo is read onto the mesh through its rasterised z-buffer and the unseen surface is
+   completed part by part (:mod:`avatar_ops.avatar.completion`).
+3. A Gaussian is *seen* when the z-buffer shows its surface point, its triangle faces the camera
+   (not edge-on), and it lies inside the mask away from its edge. Seen Gaussians take the photo's
+   colour at their pixel; all others take the completed field. Hands always take skin.
+4. Clothing and hair: where the mask reaches beyond the body, the body's outline is pushed out
+   along its normals to the mask's edge, and every ring of the part (front, sides and back) is
+   pushed by its outline's median, so a coat is as wide behind as in front.
 """
 
 from __future__ import annotations
@@ -24,37 +24,55 @@ from pydantic import Field
 from scipy.spatial import cKDTree
 from torch import Tensor
 
+from avatar_ops.avatar.completion import (
+    CompletionConfig,
+    complete,
+    edge_distance,
+    margin_pixels,
+    observe,
+    readable,
+    rings,
+    surface_adjacency,
+)
+from avatar_ops.avatar.limits import PartLimits
 from avatar_ops.avatar.model import GaussianAvatar, triangle_frames
+from avatar_ops.avatar.visibility import MeshView, mesh_view, vertex_normals
 from avatar_ops.body.base import BodyModel
+from avatar_ops.body.parts import Part, body_parts, head_regions
 from avatar_ops.tracking.operator import TrackResult
 from avatar_ops.tracking.smplify import project
 from avatar_ops.types import FrozenConfig, Rejected
 
-
-MIN_SEEN = 10  # fewer visible surface points than this rejects the photo
-FILL_DONORS = 4  # seen Gaussians blended into each unseen one (<= MIN_SEEN)
+MIN_SEEN = 10  # fewer seen Gaussians than this rejects the photo
+PUSH_STEPS = 16  # samples along a normal when pushing the outline out to the mask's edge
 
 
 class ReconstructConfig(FrozenConfig):
     """How the initial avatar is built."""
 
     num_gaussians: int = Field(8000, ge=100, description="Gaussians on the body surface.")
-    zbuffer_side: int = Field(256, ge=32, description="Longer side of the visibility z-buffer, in pixels.")
-    depth_tolerance: float = Field(0.03, gt=0, description="How far (metres) behind the nearest surface a point still counts as seen.")
-    max_offset: float = Field(0.15, ge=0, description="Furthest (metres) a Gaussian is pushed out along its normal to cover clothing and hair.")
-    outline_cosine: float = Field(0.5, ge=0, le=1, description="Gaussians whose normal is this close to perpendicular to the view (|cos| below) may be pushed outward.")
-    smooth_iters: int = Field(3, ge=0, description="Smoothing passes of the offsets over surface neighbours.")
-    neighbours: int = Field(8, ge=1, description="Surface neighbours per Gaussian (smoothing, colour fill, the fit's Laplacian).")
-    initial_opacity: float = Field(0.9, gt=0, lt=1, description="Opacity of the new Gaussians.")
-    thickness: float = Field(0.3, gt=0, le=1, description="Scale along the normal as a fraction of the in-surface scale.")
+    completion: CompletionConfig = Field(default_factory=CompletionConfig, description="Reading the photo onto the surface and completing the unseen rest.")
+    limits: PartLimits = Field(default_factory=PartLimits, description="Per-part limits on offsets, scales and opacity (the fit keeps them).")
+    colour_side: int = Field(1024, ge=32, description="Longer side (pixels) of the z-buffer through which seen Gaussians read their patch of the photo.")
+    depth_tolerance: float = Field(0.015, gt=0, description="How far (metres) behind the z-buffer's surface a point still counts as seen.")
+    seen_facing: float = Field(0.15, ge=0, lt=1, description="Gaussians whose triangle faces the camera less squarely than this cosine take the completed colour, not the photo's.")
+    outline_cosine: float = Field(0.35, ge=0, le=1, description="Vertices whose normal is this close to perpendicular to the view (|cos| below) form the outline pushed out to the mask's edge.")
+    smooth_iters: int = Field(5, ge=0, description="Smoothing passes of the push-out offsets over surface neighbours.")
+    neighbours: int = Field(8, ge=1, description="Surface neighbours per Gaussian (the fit's Laplacian).")
+    initial_opacity: float = Field(0.95, gt=0, lt=1, description="Opacity of the new Gaussians.")
+    seen_density: float = Field(2.5, ge=1, description="How much denser Gaussians are laid on the surface the photo shows than on the rest.")
+    size_factor: float = Field(0.6, gt=0, description="In-surface scale as a fraction of the mean spacing between Gaussians.")
+    thickness: float = Field(0.1, gt=0, le=1, description="Scale along the normal as a fraction of the in-surface scale.")
+    inward: float = Field(0.4, ge=0, le=1, description="Gaussians sit this many in-surface scales below the surface, so their footprints end where the surface does (outlines from every side as tight as the body's).")
     seed: int = Field(0, description="Seeds the surface sampling.")
 
 
 @dataclasses.dataclass
 class ReconstructResult:
     """The avatar of one photo plus what it took: ``neighbours`` [N, k] surface neighbours (rest
-    pose), ``seen`` [N] bool, the photo's person ``mask`` [H, W] bool (None without one), and
-    quality figures."""
+    pose), ``seen`` [N] bool (coloured from the photo), the photo's person ``mask`` [H, W] bool
+    (None without one), and quality figures (``coverage_*``: the fraction of each part group
+    the photo shows)."""
 
     avatar: GaussianAvatar
     neighbours: Tensor
@@ -63,15 +81,81 @@ class ReconstructResult:
     quality: dict[str, float]
 
 
-def sample_surface(vertices: Tensor, faces: Tensor, count: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Area-weighted points on a mesh: [count] face indices and [count, 3] barycentrics."""
+@dataclasses.dataclass
+class Layout:
+    """Gaussians sampled on a mesh: ``face`` [N], ``bary`` [N, 3], ``log_scale`` [N, 3]."""
+
+    face: Tensor
+    bary: Tensor
+    log_scale: Tensor
+
+    def avatar(self, body_model: str, shape: Tensor, color: Tensor, pose: Tensor, transl: Tensor, K: Tensor, width: int, height: int, opacity: float = 0.95, offset: Tensor | None = None) -> GaussianAvatar:
+        """A :class:`GaussianAvatar` with this layout (identity rotations in the triangle frame)."""
+        n, dev = len(self.face), self.face.device
+        return GaussianAvatar(
+            body_model=body_model, shape=shape.clone(), face=self.face, bary=self.bary,
+            offset=torch.zeros(n, device=dev) if offset is None else offset,
+            rotation=torch.tensor([1.0, 0.0, 0.0, 0.0], device=dev).expand(n, 4).clone(), log_scale=self.log_scale.clone(),
+            opacity_logit=torch.full((n,), math.log(opacity / (1 - opacity)), device=dev), color=color.clamp(0, 1),
+            source_pose=pose.clone(), source_transl=transl.clone(), source_K=K.clone(), width=width, height=height,
+        )  # fmt: skip
+
+
+def sample_surface(vertices: Tensor, faces: Tensor, count: int, seed: int, face_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Random points on a mesh, by area (times ``face_weight`` [F] when given): [count] face
+    indices and [count, 3] barycentrics."""
     _, area = triangle_frames(vertices[None], faces)
+    weight = area[0] if face_weight is None else area[0] * face_weight
     generator = torch.Generator().manual_seed(seed)
-    face = torch.multinomial(area[0].cpu().double(), count, replacement=True, generator=generator)
+    face = torch.multinomial(weight.cpu().double(), count, replacement=True, generator=generator)
     r1, r2 = torch.rand(count, generator=generator), torch.rand(count, generator=generator)
     s = r1.sqrt()
     bary = torch.stack([1 - s, s * (1 - r2), s * r2], -1)
     return face.to(vertices.device), bary.to(vertices.device, vertices.dtype)
+
+
+def relaxed_samples(vertices: Tensor, faces: Tensor, count: int, seed: int, face_weight: Tensor | None = None, iters: int = 4, density: int = 16) -> tuple[Tensor, Tensor, Tensor]:
+    """``count`` evenly spread points on a mesh: random points moved by a few Lloyd steps over a
+    ``density`` times denser random sampling (each point to the dense sample nearest the centroid
+    of the dense samples nearest it). Random points leave gaps that show as holes; these tile the
+    surface like a blue noise, ``face_weight`` [F] times denser where it is larger.
+
+    Returns:
+        [count] faces, [count, 3] barycentrics and [count] the surface area (m^2) each point's cell covers.
+    """
+    dense_face, dense_bary = sample_surface(vertices, faces, density * count, seed, face_weight)
+    dense = (dense_bary[:, :, None] * vertices[faces[dense_face]]).sum(1).cpu().numpy().astype(np.float64)
+    chosen = np.arange(count)  # the dense samples are in random order: the first `count` are a random sampling
+    dense_tree = cKDTree(dense)
+    for step in range(iters + 1):
+        _, owner = cKDTree(dense[chosen]).query(dense)
+        if step == iters:
+            break
+        counts = np.bincount(owner, minlength=count)
+        centroid = np.zeros((count, 3))
+        np.add.at(centroid, owner, dense)
+        have = counts > 0
+        centroid[have] /= counts[have, None]
+        _, nearest = dense_tree.query(centroid[have])
+        chosen[have] = nearest
+    # A dense sample drawn with weight w stands for (total weighted area / samples) / w of surface.
+    _, area = triangle_frames(vertices[None], faces)
+    w = torch.ones(len(faces), device=vertices.device) if face_weight is None else face_weight
+    per_sample = (float((area[0] * w).sum()) / len(dense)) / w[dense_face].cpu().double().numpy()
+    cell = np.bincount(owner, weights=per_sample, minlength=count)
+    cell = np.where(cell > 0, cell, float(area[0].sum()) / count)
+    index = torch.from_numpy(chosen).to(dense_face.device)
+    return dense_face[index], dense_bary[index], torch.from_numpy(cell).to(vertices.device, vertices.dtype)
+
+
+def initial_layout(vertices: Tensor, faces: Tensor, count: int, seed: int = 0, size_factor: float = 0.6, thickness: float = 0.1, face_weight: Tensor | None = None) -> Layout:
+    """``count`` Gaussians tiling the mesh (:func:`relaxed_samples`; denser where ``face_weight``
+    [F] is larger), each with an in-surface scale ``size_factor`` times the side of its cell and
+    ``thickness`` of that along the normal."""
+    face, bary, cell = relaxed_samples(vertices, faces, count, seed, face_weight)
+    s = cell.sqrt() * size_factor
+    log_scale = torch.log(torch.stack([s, s, s * thickness], 1))
+    return Layout(face=face, bary=bary, log_scale=log_scale)
 
 
 def _sample_image(image: Tensor, uv: Tensor) -> Tensor:
@@ -88,6 +172,8 @@ class ReconstructionOperator:
     def __init__(self, config: ReconstructConfig, body: BodyModel) -> None:
         self.config = config
         self.body = body
+        self.parts = body_parts(body)
+        self.face_parts = self.parts.of_faces(body.faces)
 
     def check_health(self) -> None:
         """Raise if the operator cannot serve (a forward pass of its body must work)."""
@@ -112,94 +198,143 @@ class ReconstructionOperator:
         transl = torch.from_numpy(track.transl).to(dev)[None]
         k = torch.from_numpy(track.intrinsics).to(dev)
         posed = body(shape, pose, transl)
-        rest = body(shape, torch.zeros_like(pose)).vertices[0]
+        rest = body(shape, torch.zeros_like(pose))
         verts, faces = posed.vertices[0], body.faces
-        face, bary = sample_surface(verts, faces, cfg.num_gaussians, cfg.seed)
-        frames, area = triangle_frames(verts[None], faces)
-        frame = frames[0, face]  # [N, 3, 3]
-        normal = frame[..., 2]
-        points = (bary[:, :, None] * verts[faces[face]]).sum(1)
-        rest_points = (bary[:, :, None] * rest[faces[face]]).sum(1)
-
-        # Visibility against a point z-buffer at reduced resolution.
-        scale = min(1.0, cfg.zbuffer_side / max(track.width, track.height))
-        zw, zh = max(1, round(track.width * scale)), max(1, round(track.height * scale))
-        uv = project(points[None], k[None])[0]
-        z = points[:, 2]
-        cell = (uv * scale).floor().long()
-        inside = (cell[:, 0] >= 0) & (cell[:, 0] < zw) & (cell[:, 1] >= 0) & (cell[:, 1] < zh) & (z > 0)
-        flat = (cell[:, 1].clamp(0, zh - 1) * zw + cell[:, 0].clamp(0, zw - 1))
-        zbuf = torch.full((zh * zw,), float("inf"), device=dev)
-        zbuf.scatter_reduce_(0, flat[inside], z[inside], reduce="amin")
-        # Fill pinholes: a pixel's depth is the nearest within its 3x3 neighbourhood.
-        zbuf = -torch.nn.functional.max_pool2d(-zbuf.view(1, 1, zh, zw), 3, stride=1, padding=1).view(-1)
-        view_dir = points / points.norm(dim=1, keepdim=True)
-        facing = (normal * view_dir).sum(1)  # < 0: faces the camera
+        normals = vertex_normals(verts, faces)
+        view = mesh_view(verts, faces, k, track.width, track.height, cfg.completion.zbuffer_side)
         mask = torch.from_numpy(np.ascontiguousarray(track.mask)).to(dev)
         has_mask = bool(mask.any())
-        px = uv.round().long()
-        in_image = (px[:, 0] >= 0) & (px[:, 0] < track.width) & (px[:, 1] >= 0) & (px[:, 1] < track.height)
-        in_mask = in_image & (mask[px[:, 1].clamp(0, track.height - 1), px[:, 0].clamp(0, track.width - 1)] if has_mask else in_image)
-        seen = inside & (facing < 0) & (z <= zbuf[flat] + cfg.depth_tolerance) & in_mask
-        if int(seen.sum()) < MIN_SEEN:
-            return Rejected("reconstruction_failed", f"only {int(seen.sum())} of {len(face)} surface points are visible in the photo")
-
-        # Clothing and hair: push outline Gaussians out along their normal to the mask's edge.
-        offset = torch.zeros(len(face), device=dev)
-        if has_mask and cfg.max_offset > 0:
-            offset = self._coverage_offsets(points, normal, facing, seen | (inside & in_mask), k, mask, track)
-        rest_np = rest_points.cpu().numpy()
-        _, nbr = cKDTree(rest_np).query(rest_np, k=cfg.neighbours + 1)
-        neighbours = torch.from_numpy(nbr[:, 1:]).to(dev)
-        for _ in range(cfg.smooth_iters):
-            offset = torch.maximum(offset, offset[neighbours].mean(1))
-        points_out = points + offset[:, None] * normal
-        uv_out = project(points_out[None], k[None])[0]
-
-        # Colours: seen from the photo, the rest from the nearest seen Gaussians in the rest pose.
+        if not has_mask:
+            # No mask: the body's own silhouette stands in for it (nothing is pushed out).
+            mask = torch.nn.functional.interpolate(view.frags.mask.float()[None, None], size=(track.height, track.width), mode="nearest")[0, 0] > 0.5
         image = torch.from_numpy(rgb).to(dev).float() / 255.0
-        color = _sample_image(image, uv_out)
-        seen_idx = torch.nonzero(seen)[:, 0].cpu().numpy()
-        unseen_idx = torch.nonzero(~seen)[:, 0].cpu().numpy()
-        if len(unseen_idx):
-            # At least MIN_SEEN are seen (checked above), so the query is always [U, FILL_DONORS].
-            dist, idx = cKDTree(rest_np[seen_idx]).query(rest_np[unseen_idx], k=FILL_DONORS)
-            w = 1.0 / np.maximum(dist, 1e-4)
-            w = torch.from_numpy(w / w.sum(1, keepdims=True)).to(dev, torch.float32)
-            donors = color[torch.from_numpy(seen_idx).to(dev)[torch.from_numpy(idx).to(dev)]]  # [U, k, 3]
-            color[torch.from_numpy(unseen_idx).to(dev)] = (w[..., None] * donors).sum(1)
+        obs = observe(image, mask, view, verts, faces, normals, cfg.completion)
+        completion = complete(obs, rest.vertices[0], rest.keypoints[0], self.parts, faces, cfg.completion)
 
-        # Sizes: tile the surface; thin along the normal.
-        total_area = float(area[0].sum())
-        s = math.sqrt(total_area / len(face)) * 0.7
-        log_scale = torch.log(torch.tensor([s, s, s * cfg.thickness], device=dev)).expand(len(face), 3).clone()
-        avatar = GaussianAvatar(
-            body_model=body.name, shape=shape[0].clone(), face=face, bary=bary, offset=offset,
-            rotation=torch.tensor([1.0, 0.0, 0.0, 0.0], device=dev).expand(len(face), 4).clone(),
-            log_scale=log_scale, opacity_logit=torch.full((len(face),), math.log(cfg.initial_opacity / (1 - cfg.initial_opacity)), device=dev),
-            color=color.clamp(0, 1), source_pose=pose[0].clone(), source_transl=transl[0].clone(), source_K=k.clone(),
-            width=track.width, height=track.height,
-        )  # fmt: skip
-        quality = {"seen_fraction": float(seen.float().mean()), "pushed_fraction": float((offset > 1e-3).float().mean()), "mean_offset_m": float(offset.mean())}
+        # Where the photo shows the surface it has detail to hold: more, smaller Gaussians there;
+        # the completed rest is smooth and takes fewer, larger ones.
+        seen_faces = obs.known[faces].float().mean(1) > 0.5
+        face_weight = torch.where(seen_faces, torch.full_like(seen_faces, cfg.seen_density, dtype=torch.float32), torch.ones_like(seen_faces, dtype=torch.float32))
+        layout = initial_layout(verts, faces, cfg.num_gaussians, cfg.seed, cfg.size_factor, cfg.thickness, face_weight)
+        part = self.face_parts.part[layout.face]
+        corners = faces[layout.face]  # [N, 3]
+        frames, _ = triangle_frames(verts[None], faces)
+        normal = frames[0, layout.face, :, 2]
+        points = (layout.bary[:, :, None] * verts[corners]).sum(1)
+        visible, facing = view.visible(points, normal, cfg.depth_tolerance)
+        if has_mask:
+            vertex_offset, growth = self._push_out(verts, normals, view, mask, rest.vertices[0], rest.keypoints[0], k, track)
+        else:
+            vertex_offset, growth = torch.zeros(len(verts), device=dev), torch.ones(len(verts), device=dev)
+        layout.log_scale[:, :2] += torch.log((layout.bary * growth[corners]).sum(1))[:, None]
+        offset = (layout.bary * vertex_offset[corners]).sum(1) - cfg.inward * layout.log_scale[:, 0].exp()
+        pushed = points + offset[:, None] * normal
+        # Seen: visible, squarely enough, and inside the mask away from its edge, both on the body
+        # and where the Gaussian sits once pushed out (clothing), so no background is read.
+        on_body, _, _ = readable(mask, view, cfg.completion)
+        small_mask, dist = edge_distance(mask, view.width, view.height)
+        in_mask = small_mask & (dist > margin_pixels(small_mask, cfg.completion))
+
+        def at(where: Tensor, points: Tensor) -> Tensor:
+            px = view.pixels(points).floor().long()
+            return where[px[:, 1].clamp(0, view.height - 1), px[:, 0].clamp(0, view.width - 1)]
+
+        seen = visible & (facing >= cfg.seen_facing) & at(on_body, points) & at(in_mask, pushed) & (part != Part.HAND)
+        if int(seen.sum()) < MIN_SEEN:
+            return Rejected("reconstruction_failed", f"only {int(seen.sum())} of {len(part)} surface points are visible in the photo")
+        uv = project(pushed[None], k[None])[0]
+        colour = (layout.bary[:, :, None] * completion.colour[corners]).sum(1)
+        colour = torch.where(seen[:, None], _sample_image(image, uv), colour)
+        colour = self._patch_colours(colour, seen, points, verts, k, image, mask, track)
+        avatar = layout.avatar(body.name, shape[0], colour, pose[0], transl[0], k, track.width, track.height, cfg.initial_opacity, offset)
+        cfg.limits.project(part, avatar.offset, avatar.rotation, avatar.log_scale, avatar.opacity_logit)
+
+        rest_points = (layout.bary[:, :, None] * rest.vertices[0][corners]).sum(1).cpu().numpy()
+        _, nbr = cKDTree(rest_points).query(rest_points, k=cfg.neighbours + 1)
+        neighbours = torch.from_numpy(nbr[:, 1:]).to(dev)
+        quality = {
+            "seen_fraction": float(seen.float().mean()), "pushed_fraction": float((avatar.offset > 1e-3).float().mean()),
+            "mean_offset_m": float(avatar.offset.mean()), **{f"coverage_{k}": v for k, v in completion.coverage.items()},
+        }  # fmt: skip
         if has_mask:
             quality["mask_coverage"], quality["mask_iou"] = silhouette_agreement(avatar, body, mask)
         return ReconstructResult(avatar=avatar, neighbours=neighbours, seen=seen, mask=mask if has_mask else None, quality=quality)
 
-    def _coverage_offsets(self, points, normal, facing, candidates, k, mask, track) -> Tensor:
-        """Metres to push each outline Gaussian out along its normal so its projection reaches the
-        mask's edge (0 elsewhere)."""
+    def _patch_colours(self, colour: Tensor, seen: Tensor, points: Tensor, verts: Tensor, k: Tensor, image: Tensor, mask: Tensor, track: TrackResult) -> Tensor:
+        """Seen Gaussians' colours as the mean of the photo's pixels whose surface point is
+        nearest to them (their patch of the photo, anti-aliased), read through a z-buffer at the
+        photo's resolution (``colour_side`` at most), away from the mask's edge; Gaussians no pixel
+        falls to keep ``colour``."""
         cfg = self.config
-        outline = candidates & (facing.abs() < cfg.outline_cosine)
-        steps = torch.linspace(0, cfg.max_offset, 16, device=points.device)
-        probe = points[:, None] + steps[None, :, None] * normal[:, None]  # [N, S, 3]
-        uv = project(probe.reshape(1, -1, 3), k[None])[0].view(len(points), len(steps), 2)
+        view = mesh_view(verts, self.body.faces, k, track.width, track.height, cfg.colour_side)
+        small = torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=(view.height, view.width), mode="area")[0].permute(1, 2, 0)
+        valid, _, _ = readable(mask, view, cfg.completion)
+        if not valid.any() or not seen.any():
+            return colour
+        f = view.frags.face[valid]
+        surface = (view.frags.bary[valid][:, :, None] * verts[self.body.faces[f]]).sum(1)
+        seen_index = torch.nonzero(seen)[:, 0]
+        _, owner = cKDTree(points[seen_index].cpu().numpy()).query(surface.cpu().numpy())
+        owner = torch.from_numpy(owner).to(colour.device)
+        total = torch.zeros(len(seen_index), 3, device=colour.device).index_add_(0, owner, small[valid])
+        count = torch.bincount(owner, minlength=len(seen_index)).float()
+        patch = colour.clone()
+        have = count > 0
+        patch[seen_index[have]] = total[have] / count[have, None]
+        return patch
+
+    def _push_out(self, verts: Tensor, normals: Tensor, view: MeshView, mask: Tensor, rest: Tensor, rest_keypoints: Tensor, k: Tensor, track: TrackResult) -> tuple[Tensor, Tensor]:
+        """[V] metres each vertex is pushed out along its normal: the outline to the mask's edge,
+        every other vertex of its ring (torso, neck, limbs, scalp) by the ring outline's median;
+        and [V] how much the surface grows there (a ring of radius r pushed out by d grows by
+        1 + d / r), so the Gaussians on it can grow with it and leave no gaps."""
+        cfg, parts = self.config, self.parts
+        max_offset, _ = cfg.limits.per_gaussian(parts.part)
+        visible, facing = view.visible(verts, normals, cfg.depth_tolerance)
+        face, scalp = head_regions(rest, rest_keypoints, parts)
+        pushable = ~face & (parts.part != Part.HAND)
+        outline = visible & (facing.abs() < cfg.outline_cosine) & pushable
+        # Walk out along the normal while the projection stays inside the mask.
+        steps = torch.linspace(0, 1, PUSH_STEPS, device=verts.device)[None, :] * max_offset[:, None]  # [V, S]
+        probe = verts[:, None] + steps[..., None] * normals[:, None]
+        uv = project(probe.reshape(1, -1, 3), k[None])[0].view(len(verts), PUSH_STEPS, 2)
         px = uv.round().long()
         ok = (px[..., 0] >= 0) & (px[..., 0] < track.width) & (px[..., 1] >= 0) & (px[..., 1] < track.height)
         hit = ok & mask[px[..., 1].clamp(0, track.height - 1), px[..., 0].clamp(0, track.width - 1)]
-        # Walk outward while still inside the mask (the first step is the point itself).
-        run = torch.cumprod(hit.to(torch.uint8), dim=1).bool()
-        reach = (run.sum(1) - 1).clamp(min=0)
-        return torch.where(outline, steps[reach], torch.zeros_like(steps[reach]))
+        # Only the mask's reach beyond the body's own silhouette is clothing or hair: the walk
+        # starts where it leaves the body (an outline vertex a little inside its own silhouette is
+        # not pushed) and stops where it leaves the mask or meets the body again (an arm's inner
+        # side is not pushed through the torso beside it).
+        silhouette = torch.nn.functional.interpolate(view.frags.mask.float()[None, None], size=(track.height, track.width), mode="nearest")[0, 0] > 0.5
+        on_body = ok & silhouette[px[..., 1].clamp(0, track.height - 1), px[..., 0].clamp(0, track.width - 1)]
+        start = torch.cumprod((on_body & hit).to(torch.uint8), dim=1).sum(1)  # steps on the body first
+        index = torch.arange(PUSH_STEPS, device=verts.device)[None]
+        beyond = torch.where(index < start[:, None], torch.ones_like(hit), hit & ~on_body)
+        run = torch.cumprod(beyond.to(torch.uint8), dim=1).sum(1) - start
+        own = torch.where(outline, run.clamp(min=0).float() * steps[:, 1], torch.zeros_like(max_offset))
+        # Rings: the scalp and the ring parts, cut along their rest-pose axis.
+        ring, key = rings(rest, parts.part, parts.side, cfg.completion.ring_width, cfg.completion.foot_ring_width)
+        # The scalp is cut into rings too (by height), for hair as deep behind as at the sides.
+        key = torch.where(scalp, 10_000_000 + ring - ring.min(), key)
+        ring_part = key >= 0
+        offset = own.clone()
+        radius = torch.full_like(own, float("inf"))
+        for value in torch.unique(key[ring_part & outline]):
+            members = ring_part & (key == value)
+            push = own[members & outline]
+            if len(push) >= 2:
+                offset[members & ~outline] = push.median()
+            ring_points = verts[members]
+            radius[members] = (ring_points - ring_points.mean(0)).norm(dim=1).mean().clamp(min=0.02)
+        if cfg.smooth_iters:
+            adj = surface_adjacency(self.body.faces.cpu().numpy(), len(verts), parts.part.cpu().numpy())
+            free = (~outline & pushable).cpu().numpy()
+            values = offset.cpu().double().numpy()
+            for _ in range(cfg.smooth_iters):
+                values[free] = (adj @ values)[free]
+            offset = torch.from_numpy(values).to(offset)
+        offset = torch.where(pushable, offset, torch.zeros_like(offset))
+        return offset, 1 + offset.clamp(min=0) / radius
 
 
 def silhouette_agreement(avatar: GaussianAvatar, body: BodyModel, mask: Tensor, side: int = 160) -> tuple[float, float]:
@@ -213,3 +348,4 @@ def silhouette_agreement(avatar: GaussianAvatar, body: BodyModel, mask: Tensor, 
     inter = (alpha & small).sum().item()
     union = (alpha | small).sum().item()
     return inter / max(small.sum().item(), 1), inter / max(union, 1)
+

@@ -58,6 +58,9 @@ def build_anny(cache_dir: str | None = None, device: str | torch.device = "cpu")
     """Build (or load from ``ANNY_CACHE_DIR``) the default Anny model in float32."""
     if cache_dir is not None:
         os.environ.setdefault("ANNY_CACHE_DIR", str(cache_dir))
+    import warp
+
+    warp.config.log_level = warp.LOG_WARNING  # warp prints its start-up banner on stdout, where commands print JSON
     import anny  # deferred: importing anny initialises warp
 
     model = anny.Anny().float().to(device)
@@ -145,6 +148,10 @@ class AnnyBody(BodyModel):
             if names[c].split(".")[0] not in explicit and not torch.equal(corr[parent], identity):
                 corr[c] = corr[parent]
         return corr
+
+    def smplx_skinning_weights(self) -> Tensor:
+        weights = torch.zeros(self.num_vertices, len(SMPLX_JOINT_NAMES), dtype=self._skinning_weights.dtype, device=self.device)
+        return weights.index_add_(1, self.bone_to_joint, self._skinning_weights)
 
     def default_shape(self) -> Tensor:
         return torch.full((self.num_shape_params,), 0.5, dtype=self.m.dtype, device=self.m.device)

@@ -90,6 +90,13 @@ class BodyModel(nn.Module, abc.ABC):
     def device(self) -> torch.device:
         return self._faces.device
 
+    def smplx_skinning_weights(self) -> Tensor:
+        """[V, 55] each vertex's skinning weights gathered onto the SMPL-X joints that drive its
+        bones (for a backend whose skeleton is SMPL-X's, its own weights)."""
+        if tuple(self.joint_names) != SMPLX_JOINT_NAMES:
+            raise NotImplementedError(f"{type(self).__name__} has its own skeleton and must map it onto the SMPL-X joints.")
+        return self._skinning_weights
+
     @abc.abstractmethod
     def default_shape(self) -> Tensor:
         """[S] the mean shape."""

@@ -86,6 +86,7 @@ def rasterize(
     eps2d: float = 0.3,
     near_plane: float = 0.01,
     tile_size: int | None = None,
+    rasterize_mode: str = "classic",
 ) -> Render:
     """Render Gaussians into every camera.
 
@@ -102,8 +103,13 @@ def rasterize(
         tile_size: pixels per tile side; None: 16 for gsplat (its default), 4 for the CPU backend
             (small tiles waste less work on pixels a Gaussian barely reaches: on an avatar fit
             2.2x faster than 16; the images do not depend on it).
+        rasterize_mode: gsplat's ``classic`` (the ``eps2d`` low-pass widens every footprint) or
+            ``antialiased`` (opacities scaled by how much the low-pass widened each footprint, so
+            thin and tiny Gaussians cover only what they would without it: edges seen side-on
+            stay as thin as they are).
     """
     _check_gaussians(means, quats, scales, opacities, colors, sh_degree)
+    _check_mode(rasterize_mode)
     backend = _resolve_backend(backend, means)
     num_cams = len(cameras)
     if background is None:
@@ -111,8 +117,13 @@ def rasterize(
     background = background.to(means).expand(num_cams, 3)
     if backend == "gsplat":
         batch = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors, "viewmats": cameras.viewmats, "Ks": cameras.Ks, "width": cameras.width, "height": cameras.height, "backgrounds": background}
-        return _gsplat_call(batch, sh_degree, eps2d, near_plane, tile_size)
-    return _rasterize_torch(means, quats, scales, opacities, colors, cameras, background, sh_degree, eps2d, near_plane, tile_size or TORCH_TILE)
+        return _gsplat_call(batch, sh_degree, eps2d, near_plane, tile_size, rasterize_mode)
+    return _rasterize_torch(means, quats, scales, opacities, colors, cameras, background, sh_degree, eps2d, near_plane, tile_size or TORCH_TILE, rasterize_mode)
+
+
+def _check_mode(rasterize_mode: str) -> None:
+    if rasterize_mode not in ("classic", "antialiased"):
+        raise ValueError(f"`rasterize_mode` must be 'classic' or 'antialiased', got {rasterize_mode!r}.")
 
 
 def _resolve_backend(backend: str, means: Tensor) -> str:
@@ -146,6 +157,7 @@ def rasterize_many(
     eps2d: float = 0.3,
     near_plane: float = 0.01,
     tile_size: int | None = None,
+    rasterize_mode: str = "classic",
 ) -> list[Render]:
     """Render independent scenes, scene i into ``cameras[i]``, each at its own image size.
 
@@ -160,7 +172,8 @@ def rasterize_many(
     if not scenes:
         return []
     backend = _resolve_backend(backend, scenes[0]["means"])
-    kwargs = {"sh_degree": sh_degree, "eps2d": eps2d, "near_plane": near_plane, "tile_size": tile_size}
+    _check_mode(rasterize_mode)
+    kwargs = {"sh_degree": sh_degree, "eps2d": eps2d, "near_plane": near_plane, "tile_size": tile_size, "rasterize_mode": rasterize_mode}
     if backend == "torch":
         return [rasterize(**scene, cameras=cams, background=background, backend=backend, **kwargs) for scene, cams in zip(scenes, cameras)]
     for scene in scenes:  # the single-scene checks, before padding hides a wrong shape
@@ -171,7 +184,7 @@ def rasterize_many(
         by_count.setdefault(len(cams), []).append(i)
     for index in by_count.values():
         batch = stack_scenes([scenes[i] for i in index], [cameras[i] for i in index], background)
-        together = _gsplat_call(batch, sh_degree, eps2d, near_plane, tile_size)
+        together = _gsplat_call(batch, sh_degree, eps2d, near_plane, tile_size, rasterize_mode)
         for render, i in zip(crop_renders(together, [cameras[i] for i in index]), index):
             renders[i] = render
     return renders  # type: ignore[return-value]
@@ -212,14 +225,14 @@ def crop_renders(render: Render, cameras: Sequence[Cameras]) -> list[Render]:
     return [Render(*(getattr(render, f)[i, :, : c.height, : c.width] for f in ("rgb", "alpha", "depth"))) for i, c in enumerate(cameras)]
 
 
-def _gsplat_call(batch: dict, sh_degree, eps2d, near_plane, tile_size: int | None) -> Render:
+def _gsplat_call(batch: dict, sh_degree, eps2d, near_plane, tile_size: int | None, rasterize_mode: str = "classic") -> Render:
     """``gsplat.rasterization`` on a dict of its tensors (with or without a leading batch dimension)."""
     import gsplat
 
     out, alpha, _ = gsplat.rasterization(
         batch["means"], batch["quats"], batch["scales"], batch["opacities"], batch["colors"], batch["viewmats"], batch["Ks"],
         batch["width"], batch["height"], near_plane=near_plane, eps2d=eps2d, sh_degree=sh_degree, tile_size=tile_size or GSPLAT_TILE,
-        backgrounds=batch["backgrounds"], render_mode="RGB+ED", packed=False,
+        backgrounds=batch["backgrounds"], render_mode="RGB+ED", packed=False, rasterize_mode=rasterize_mode,
     )  # fmt: skip
     return Render(rgb=out[..., :3], alpha=alpha, depth=out[..., 3:4])
 
@@ -237,20 +250,20 @@ def _colors_for_cameras(means: Tensor, colors: Tensor, viewmats: Tensor, sh_degr
     return torch.clamp_min(rgb + 0.5, 0.0)
 
 
-def _rasterize_torch(means, quats, scales, opacities, colors, cameras, background, sh_degree, eps2d, near_plane, tile_size) -> Render:
+def _rasterize_torch(means, quats, scales, opacities, colors, cameras, background, sh_degree, eps2d, near_plane, tile_size, rasterize_mode="classic") -> Render:
     from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
 
     quats = quats / quats.norm(dim=-1, keepdim=True).clamp(min=1e-12)
     covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False, triu=False)
-    radii, means2d, depths, conics, _ = _fully_fused_projection(
-        means, covars, cameras.viewmats, cameras.Ks, cameras.width, cameras.height, eps2d=eps2d, near_plane=near_plane
+    antialiased = rasterize_mode == "antialiased"
+    radii, means2d, depths, conics, compensations = _fully_fused_projection(
+        means, covars, cameras.viewmats, cameras.Ks, cameras.width, cameras.height, eps2d=eps2d, near_plane=near_plane, calc_compensations=antialiased
     )
     rgb_all = _colors_for_cameras(means, colors, cameras.viewmats, sh_degree)
     rgbs, alphas, depth_maps = [], [], []
     for c in range(len(cameras)):
-        rgb, alpha, depth = _composite(
-            means2d[c], conics[c], depths[c], radii[c], opacities, rgb_all[c], background[c], cameras.width, cameras.height, tile_size
-        )
+        weight = opacities * compensations[c] if antialiased else opacities
+        rgb, alpha, depth = _composite(means2d[c], conics[c], depths[c], radii[c], weight, rgb_all[c], background[c], cameras.width, cameras.height, tile_size)
         rgbs.append(rgb)
         alphas.append(alpha)
         depth_maps.append(depth)

@@ -27,6 +27,15 @@ def remap(points: np.ndarray, index: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def remap_world(points: np.ndarray, index: tuple[int, ...]) -> np.ndarray:
+    """[N, 4] source 3D landmarks (x, y, z, visibility) -> [K, 4] in KEYPOINT_NAMES order."""
+    out = np.zeros((NUM_KEYPOINTS, 4), dtype=np.float32)
+    for k, i in enumerate(index):
+        if i >= 0 and i < len(points):
+            out[k] = points[i]
+    return out
+
+
 def _person_size(kp: np.ndarray) -> float:
     valid = kp[kp[:, 2] > 0]
     if len(valid) < 2:

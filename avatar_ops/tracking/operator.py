@@ -126,6 +126,7 @@ class TrackingOperator:
         image = item.image
         num_people = 1
         mask = None
+        world = None
         if item.keypoints is not None:
             if len(item.keypoints) == 0:
                 return Rejected("no_person", "the supplied keypoints list no person")
@@ -143,13 +144,13 @@ class TrackingOperator:
             detection = self.detector(image.rgb, image.alpha)
             if detection is None:
                 return Rejected("no_person", "no person was detected in the photo")
-            keypoints, mask, num_people = detection.keypoints, detection.mask, detection.num_people
+            keypoints, mask, num_people, world = detection.keypoints, detection.mask, detection.num_people, detection.world_keypoints
         if keypoints.shape != (len(KEYPOINT_NAMES), 3):
             raise ValueError(f"keypoints must be [{len(KEYPOINT_NAMES)}, 3], got {keypoints.shape}.")
         visible = int((keypoints[:, 2] > self.config.fit.min_confidence).sum())
         if visible < self.config.min_keypoints:
             return Rejected("too_few_keypoints", f"{visible} confident keypoints, fewer than min_keypoints={self.config.min_keypoints}")
-        return FitTarget(keypoints=keypoints, mask=mask, width=image.width, height=image.height, num_people=num_people)
+        return FitTarget(keypoints=keypoints, mask=mask, width=image.width, height=image.height, num_people=num_people, world_keypoints=world)
 
     def __call__(self, items: Sequence[TrackInput]) -> list[TrackResult | Rejected]:
         prepared = [self._prepare(item) for item in items]

@@ -30,6 +30,16 @@ _POSE_PRIOR = {
 }  # fmt: skip
 _KP = {n: i for i, n in enumerate(KEYPOINT_NAMES)}
 TORSO = [_KP[n] for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip")]
+# Segments whose 3D direction the detector's metric landmarks constrain (a forearm bent towards the
+# camera and one bent away project alike): limbs, feet, shoulders, hips.
+# Each segment runs from the mean of its first keypoints to the mean of its second.
+LIMBS = [
+    ((_KP[a],), (_KP[b],)) for a, b in (
+        ("left_shoulder", "left_elbow"), ("left_elbow", "left_wrist"), ("right_shoulder", "right_elbow"), ("right_elbow", "right_wrist"),
+        ("left_hip", "left_knee"), ("left_knee", "left_ankle"), ("right_hip", "right_knee"), ("right_knee", "right_ankle"),
+        ("left_ankle", "left_big_toe"), ("right_ankle", "right_big_toe"), ("right_shoulder", "left_shoulder"), ("right_hip", "left_hip"),
+    )
+] + [((_KP["left_hip"], _KP["right_hip"]), (_KP["left_shoulder"], _KP["right_shoulder"]))]  # the torso's lean  # fmt: skip
 
 
 class FitConfig(FrozenConfig):
@@ -44,10 +54,11 @@ class FitConfig(FrozenConfig):
     full_lr: float = Field(0.03, gt=0, description="Adam learning rate of the last stage (silhouette included): lower, so the fit settles in its basin.")
     keypoint_sigma: float = Field(0.2, gt=0, description="Geman-McClure scale of the keypoint residual, in person heights.")
     min_confidence: float = Field(0.3, ge=0, le=1, description="Keypoints below this confidence are ignored.")
-    silhouette_weight: float = Field(8.0, ge=0, description="Weight of the silhouette terms.")
+    silhouette_weight: float = Field(2.0, ge=0, description="Weight of the silhouette terms (the mask holds clothing and hair too: a heavier weight bends the body to fill them).")
     pose_prior_weight: float = Field(0.0001, ge=0, description="Weight of the pose prior.")
     joint_limit_weight: float = Field(1.0, ge=0, description="Weight of the knee/elbow hinge limits.")
     shape_prior_weight: float = Field(0.0002, ge=0, description="Weight of the shape prior.")
+    direction_weight: float = Field(0.02, ge=0, description="Weight of the prior pulling each limb's 3D direction towards the detector's metric landmarks (when the detector gives them).")
     coverage_weight: float = Field(1.3, ge=0, description="Weight of mask coverage relative to the outside-the-mask term (clothing makes masks wider than bodies).")
     mask_resolution: int = Field(192, ge=32, description="Longer side of the mask used by the silhouette terms.")
     silhouette_vertices: int = Field(1000, ge=100, description="Body vertices sampled for the silhouette terms.")
@@ -63,6 +74,8 @@ class FitTarget:
         mask: [H, W] bool person mask, or None.
         width, height: image size in pixels.
         num_people: people seen in the photo (carried through to the result).
+        world_keypoints: [K, 4] the detector's metric 3D keypoints (camera-aligned axes, then
+            visibility), or None: a prior on the 3D direction of each limb.
     """
 
     keypoints: np.ndarray
@@ -70,6 +83,7 @@ class FitTarget:
     width: int
     height: int
     num_people: int = 1
+    world_keypoints: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -162,23 +176,86 @@ class _Silhouette:
         return torch.where(self.valid, (outside + coverage_weight * cover) / norm, torch.zeros_like(norm))
 
 
-def _initial_guess(body: BodyModel, targets: list[FitTarget], intrinsics: Tensor, config: FitConfig) -> tuple[Tensor, Tensor]:
-    """Global orientation (facing or turned away from the camera) and translation from the torso."""
+def _world_frame(world: np.ndarray, min_confidence: float) -> np.ndarray | None:
+    """[3, 3] rotation taking the body's canonical frame (y up, facing +z, its left at +x) into the
+    camera's, from the detector's metric hips and shoulders; None when they are not trusted."""
+    ls, rs, lh, rh = (_KP[n] for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip"))
+    if (world[[ls, rs, lh, rh], 3] <= min_confidence).any():
+        return None
+    left = world[ls, :3] - world[rs, :3] + world[lh, :3] - world[rh, :3]
+    up = 0.5 * (world[ls, :3] + world[rs, :3] - world[lh, :3] - world[rh, :3])
+    if np.linalg.norm(left) < 1e-3 or np.linalg.norm(up) < 1e-3:
+        return None
+    left = left / np.linalg.norm(left)
+    forward = np.cross(left, up)
+    forward /= np.linalg.norm(forward)
+    up = np.cross(forward, left)
+    return np.stack([left, up, forward], 1)
+
+
+def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The smallest rotation (axis-angle [3]) taking direction ``a`` onto ``b``."""
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    axis = np.cross(a, b)
+    sin, cos = np.linalg.norm(axis), float(np.clip(a @ b, -1, 1))
+    if sin < 1e-8:
+        return np.zeros(3) if cos > 0 else np.array([0.0, 0.0, math.pi])
+    return axis / sin * math.atan2(sin, cos)
+
+
+def _pose_from_world(world: np.ndarray, frame: np.ndarray, min_confidence: float) -> dict[str, np.ndarray]:
+    """Starting rotations of the shoulders, elbows, hips and knees (SMPL-X axis-angle by joint
+    name) pointing each limb along the detector's metric landmarks, in the body frame ``frame``."""
+    from avatar_ops.body.rotations import axis_angle_to_matrix
+
+    rot = lambda aa: axis_angle_to_matrix(torch.tensor(aa, dtype=torch.float32)).numpy()
+    out: dict[str, np.ndarray] = {}
+    chains = (("left", "shoulder", "elbow", "wrist", "shoulder", "elbow", np.array([1.0, 0, 0])),
+              ("right", "shoulder", "elbow", "wrist", "shoulder", "elbow", np.array([-1.0, 0, 0])),
+              ("left", "hip", "knee", "ankle", "hip", "knee", np.array([0, -1.0, 0])),
+              ("right", "hip", "knee", "ankle", "hip", "knee", np.array([0, -1.0, 0])))  # fmt: skip
+    for side, root, mid, end, root_joint, mid_joint, rest in chains:
+        a, b, c = (_KP[f"{side}_{n}"] for n in (root, mid, end))
+        if (world[[a, b], 3] <= min_confidence).any():
+            continue
+        upper = frame.T @ (world[b, :3] - world[a, :3])
+        first = _rotation_between(rest, upper)
+        out[f"{side}_{root_joint}"] = first
+        if world[c, 3] > min_confidence:
+            lower = rot(first).T @ (frame.T @ (world[c, :3] - world[b, :3]))
+            out[f"{side}_{mid_joint}"] = _rotation_between(rest, lower)
+    return out
+
+
+def _initial_guess(body: BodyModel, targets: list[FitTarget], intrinsics: Tensor, config: FitConfig) -> tuple[Tensor, Tensor, list[dict[str, np.ndarray]]]:
+    """Global orientation and translation from the torso, and limb rotations where the detector's
+    metric landmarks give them. Without those: facing or turned away from the camera, by the
+    left/right order of the shoulders."""
+    from avatar_ops.body.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+
     device = intrinsics.device
     with torch.no_grad():
         rest = body(body.default_shape()[None], zero_pose(1, device=device)).keypoints[0]
     kp3 = rest.cpu().numpy()
-    orient, transl = [], []
+    orient, transl, limbs = [], [], []
     for t, k in zip(targets, intrinsics.cpu().numpy()):
         kp = t.keypoints
         conf = kp[:, 2] > config.min_confidence
         f = k[0, 0]
         ls, rs, lh, rh = (_KP[n] for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip"))
-        facing = True
-        if conf[ls] and conf[rs]:
-            facing = kp[ls, 0] >= kp[rs, 0]
-        # Flip y-up/+z-facing body into the camera's y-down frame, facing the camera (-z).
-        orient.append([math.pi, 0.0, 0.0] if facing else [0.0, 0.0, math.pi])
+        frame = _world_frame(t.world_keypoints, config.min_confidence) if t.world_keypoints is not None else None
+        if frame is None:
+            facing = True
+            if conf[ls] and conf[rs]:
+                facing = kp[ls, 0] >= kp[rs, 0]
+            # Flip y-up/+z-facing body into the camera's y-down frame, facing the camera (-z).
+            flip = [math.pi, 0.0, 0.0] if facing else [0.0, 0.0, math.pi]
+            frame = axis_angle_to_matrix(torch.tensor(flip)).numpy()
+            orient.append(flip)
+            limbs.append({})
+        else:
+            orient.append(matrix_to_axis_angle(torch.from_numpy(frame.astype(np.float32))[None])[0].tolist())
+            limbs.append(_pose_from_world(t.world_keypoints, frame, config.min_confidence))
         pairs = [(a, b) for a, b in ((ls, lh), (rs, rh), (ls, rs), (lh, rh)) if conf[a] and conf[b]]
         if pairs:
             ratios = [np.linalg.norm(kp3[a] - kp3[b]) / max(np.linalg.norm(kp[a, :2] - kp[b, :2]), 1.0) for a, b in pairs]
@@ -189,11 +266,11 @@ def _initial_guess(body: BodyModel, targets: list[FitTarget], intrinsics: Tensor
             z = f * 1.0 / max(span, 1.0)
         used = [i for i in TORSO if conf[i]] or list(np.nonzero(conf)[0])
         centre2d = kp[used, :2].mean(0)
-        centre3d = kp3[used].mean(0) * np.array([1, -1, -1]) if facing else kp3[used].mean(0) * np.array([-1, -1, 1])
+        centre3d = frame @ kp3[used].mean(0)
         x = (centre2d[0] - k[0, 2]) * z / f - centre3d[0]
         y = (centre2d[1] - k[1, 2]) * z / f - centre3d[1]
         transl.append([x, y, z - centre3d[2]])
-    return torch.tensor(orient, device=device, dtype=torch.float32), torch.tensor(transl, device=device, dtype=torch.float32)
+    return torch.tensor(orient, device=device, dtype=torch.float32), torch.tensor(transl, device=device, dtype=torch.float32), limbs
 
 
 def fit_bodies(body: BodyModel, targets: list[FitTarget], config: FitConfig | None = None, seed: int = 0) -> FitResult:
@@ -220,11 +297,26 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: FitConfig | No
         heights.append(float(pts[:, 1].max() - pts[:, 1].min()) if len(pts) > 1 else float(targets[b].height))
     norm = torch.tensor(heights, device=device).clamp(min=16.0)
     sil = _Silhouette(targets, config, device, seed)
+    # Limb directions from the detector's metric landmarks, where it gave them: [B, L, 3], [B, L].
+    ends = torch.zeros(2, len(LIMBS), len(KEYPOINT_NAMES), device=device)  # averaging weights of each segment's two ends
+    for i, (head, tail) in enumerate(LIMBS):
+        ends[0, i, list(head)] = 1.0 / len(head)
+        ends[1, i, list(tail)] = 1.0 / len(tail)
+    world = torch.zeros(batch, len(KEYPOINT_NAMES), 4, device=device)
+    for b, t in enumerate(targets):
+        if t.world_keypoints is not None:
+            world[b] = torch.from_numpy(np.asarray(t.world_keypoints, dtype=np.float32)).to(device)
+    limb = torch.einsum("lk,bkc->blc", ends[1] - ends[0], world[..., :3])
+    limb_dir = limb / limb.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    trusted = (world[..., 3] > config.min_confidence).float()  # [B, K]
+    untrusted = torch.einsum("lk,bk->bl", ((ends[0] + ends[1]) > 0).float(), 1 - trusted)  # a segment needs all its keypoints
+    limb_conf = (untrusted == 0).float()
+    limb_conf = limb_conf * (limb.norm(dim=-1) > 1e-3)
     n_vert = body.num_vertices
     vert_idx = torch.randperm(n_vert, generator=generator)[: config.silhouette_vertices].to(device)
     prior_w = _pose_prior_weights(device)
 
-    orient0, transl0 = _initial_guess(body, targets, intrinsics, config)
+    orient0, transl0, limbs0 = _initial_guess(body, targets, intrinsics, config)
     orient = orient0.clone().requires_grad_(True)
     transl = transl0.clone().requires_grad_(True)
     # Start with the arms lowered (SMPLify starts from a mean pose, not the T-pose).
@@ -233,6 +325,9 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: FitConfig | No
     body_pose[:, SMPLX_JOINT_NAMES.index("right_shoulder") - 1, 2] = 1.1
     body_pose[:, SMPLX_JOINT_NAMES.index("left_elbow") - 1, 1] = -config.init_elbow_flexion
     body_pose[:, SMPLX_JOINT_NAMES.index("right_elbow") - 1, 1] = config.init_elbow_flexion
+    for b, limbs in enumerate(limbs0):  # limbs pointed where the detector's metric landmarks say
+        for name, value in limbs.items():
+            body_pose[b, SMPLX_JOINT_NAMES.index(name) - 1] = torch.as_tensor(value, dtype=body_pose.dtype, device=device)
     body_pose.requires_grad_(True)
     latent = body.latent_from_shape(body.default_shape()).expand(batch, -1).clone().requires_grad_(True)
     rest = zero_pose(batch, device=device)[:, 22:]
@@ -247,10 +342,14 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: FitConfig | No
         shape = body.shape_from_latent(latent if free else latent.detach())
         keypoints, vertices = body.keypoints_and_vertices(shape, pose, transl, vert_idx if stage == "full" else no_vertices)
         uv = project(keypoints, intrinsics)
+        fitted = torch.einsum("lk,bkc->blc", ends[1] - ends[0], keypoints)
+        cosine = (fitted * limb_dir).sum(-1) / fitted.norm(dim=-1).clamp(min=1e-6)
+        direction = (limb_conf * (1 - cosine)).sum(1) / limb_conf.sum(1).clamp(min=1e-3)
         r = ((uv - kp[..., :2]) ** 2).sum(-1) / norm[:, None] ** 2
         s2 = config.keypoint_sigma**2
         w = conf if free else conf * torch.isin(torch.arange(conf.shape[1], device=device), torch.tensor(TORSO, device=device))
         loss = (w * s2 * r / (r + s2)).sum(1) / w.sum(1).clamp(min=1e-3)
+        loss = loss + config.direction_weight * direction
         if free:
             loss = loss + config.pose_prior_weight * (prior_w[None, 1:22, None] * body_pose**2).sum((1, 2))
             loss = loss + config.joint_limit_weight * 0.01 * joint_limit_penalty(pose)

@@ -128,8 +128,11 @@ def test_keypoints_and_vertices_match_the_full_forward(body):
     index = torch.randperm(body.num_vertices)[:300]
     keypoints, vertices = body.keypoints_and_vertices(shape, pose, transl, index)
     out = body(shape, pose, transl)
-    torch.testing.assert_close(keypoints, out.keypoints, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(vertices, out.vertices[:, index], atol=1e-5, rtol=1e-5)
+    # Float32 (eps 1.2e-7) on coordinates of a few metres, through a kinematic chain ~20 joints
+    # deep and blend sums over hundreds of shapes, done in another order: rounding differences up
+    # to ~1e-4 m (2.5e-5 seen). Any real mismatch (a wrong joint or blend) is millimetres or more.
+    torch.testing.assert_close(keypoints, out.keypoints, atol=2e-4, rtol=0)
+    torch.testing.assert_close(vertices, out.vertices[:, index], atol=2e-4, rtol=0)
     fast = torch.autograd.grad(keypoints.sum() + vertices.sum(), [shape, pose])
     full = torch.autograd.grad(out.keypoints.sum() + out.vertices[:, index].sum(), [shape, pose])
     for a, b in zip(fast, full):

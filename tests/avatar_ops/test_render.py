@@ -32,8 +32,9 @@ def _cameras(num: int = 2, width: int = 40, height: int = 32) -> Cameras:
     return Cameras(torch.stack(views), k.expand(num, 3, 3).clone(), width, height)
 
 
-def _dense_reference(means, quats, scales, opacities, colors, cameras, background, eps2d=0.3):
-    """Every pixel against every Gaussian, written from the EWA splatting equations."""
+def _dense_reference(means, quats, scales, opacities, colors, cameras, background, eps2d=0.3, antialiased=False):
+    """Every pixel against every Gaussian, written from the EWA splatting equations; ``antialiased``
+    scales each opacity by sqrt(det(cov2d) / det(cov2d + eps2d I)) (Mip-Splatting's compensation)."""
     q = quats / quats.norm(dim=-1, keepdim=True)
     w, x, y, z = q.unbind(-1)
     rot = torch.stack([
@@ -50,8 +51,10 @@ def _dense_reference(means, quats, scales, opacities, colors, cameras, backgroun
         fx, fy = k[0, 0], k[1, 1]
         zero = torch.zeros_like(p[:, 0])
         jac = torch.stack([fx / p[:, 2], zero, -fx * p[:, 0] / p[:, 2] ** 2, zero, fy / p[:, 2], -fy * p[:, 1] / p[:, 2] ** 2], -1).view(-1, 2, 3)
-        cov2 = jac @ cov_c @ jac.transpose(1, 2) + eps2d * torch.eye(2)
+        cov2_bare = jac @ cov_c @ jac.transpose(1, 2)
+        cov2 = cov2_bare + eps2d * torch.eye(2)
         conic = torch.linalg.inv(cov2)
+        compensation = (torch.linalg.det(cov2_bare).clamp(min=0) / torch.linalg.det(cov2)).sqrt() if antialiased else torch.ones_like(p[:, 0])
         uv = p[:, :2] / p[:, 2:3] * torch.stack([fx, fy]) + k[:2, 2]
         order = torch.argsort(p[:, 2])
         ys, xs = torch.meshgrid(torch.arange(cameras.height), torch.arange(cameras.width), indexing="ij")
@@ -59,7 +62,7 @@ def _dense_reference(means, quats, scales, opacities, colors, cameras, backgroun
         d = pix[:, None] - uv[order][None]
         con = conic[order]
         sigma = 0.5 * torch.einsum("pni,nij,pnj->pn", d, con, d)
-        alpha = (opacities[order][None] * torch.exp(-sigma)).clamp(max=ALPHA_MAX)
+        alpha = ((opacities * compensation)[order][None] * torch.exp(-sigma)).clamp(max=ALPHA_MAX)
         alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
         trans = torch.cumprod(1 - alpha, 1)
         before = torch.cat([torch.ones_like(trans[:, :1]), trans[:, :-1]], 1)
@@ -73,13 +76,14 @@ def _dense_reference(means, quats, scales, opacities, colors, cameras, backgroun
     return torch.stack(images), torch.stack(alphas), torch.stack(depths)
 
 
-def test_cpu_backend_matches_dense_reference_images_and_gradients():
+@pytest.mark.parametrize("mode", ["classic", "antialiased"])
+def test_cpu_backend_matches_dense_reference_images_and_gradients(mode):
     params = [t.double().requires_grad_(True) for t in _scene()]
     cams = _cameras()
     cams = Cameras(cams.viewmats.double(), cams.Ks.double(), cams.width, cams.height)
     background = torch.tensor([0.2, 0.3, 0.4], dtype=torch.float64)
-    out = rasterize(*params, cams, background=background, backend="torch", tile_size=8)
-    ref = _dense_reference(*params, cams, background)
+    out = rasterize(*params, cams, background=background, backend="torch", tile_size=8, rasterize_mode=mode)
+    ref = _dense_reference(*params, cams, background, antialiased=mode == "antialiased")
     assert out.rgb.shape == (2, 32, 40, 3) and out.alpha.shape == (2, 32, 40, 1) and out.depth.shape == (2, 32, 40, 1)
     assert out.alpha.max() > 0.5  # the scene is actually visible
     for mine, theirs in zip((out.rgb, out.alpha, out.depth), ref):
@@ -123,6 +127,8 @@ def test_bad_arguments_are_named():
         rasterize(means, quats, scales[:, :2], opacities, colors, _cameras(1))
     with pytest.raises(ValueError, match="`backend`"):
         rasterize(means, quats, scales, opacities, colors, _cameras(1), backend="opengl")
+    with pytest.raises(ValueError, match="`rasterize_mode` must be 'classic' or 'antialiased', got 'mip'"):
+        rasterize(means, quats, scales, opacities, colors, _cameras(1), rasterize_mode="mip")
     with pytest.raises(ValueError, match="`Ks` must be"):
         Cameras(torch.eye(4)[None], torch.eye(3)[None].expand(2, 3, 3), 10, 10)
 
@@ -179,12 +185,13 @@ def test_batched_gsplat_call_equals_one_call_per_scene():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for gsplat's kernels")
-def test_cpu_backend_matches_gsplat_cuda():
+@pytest.mark.parametrize("mode", ["classic", "antialiased"])
+def test_cpu_backend_matches_gsplat_cuda(mode):
     params = [t.cuda().requires_grad_(True) for t in _scene(200, sh=True)]
     cams = _cameras(3, 64, 48).to("cuda")
-    gpu = rasterize(*params, cams, sh_degree=1, backend="gsplat")
+    gpu = rasterize(*params, cams, sh_degree=1, backend="gsplat", rasterize_mode=mode)
     cpu_params = [p.detach().cpu().requires_grad_(True) for p in params]
-    cpu = rasterize(*cpu_params, cams.to("cpu"), sh_degree=1, backend="torch")
+    cpu = rasterize(*cpu_params, cams.to("cpu"), sh_degree=1, backend="torch", rasterize_mode=mode)
     torch.testing.assert_close(gpu.rgb.cpu(), cpu.rgb, atol=2e-3, rtol=1e-3)
     torch.testing.assert_close(gpu.alpha.cpu(), cpu.alpha, atol=2e-3, rtol=1e-3)
     (gpu.rgb.sum() + gpu.alpha.sum()).backward()

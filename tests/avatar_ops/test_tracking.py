@@ -17,7 +17,7 @@ from avatar_ops.tracking.operator import TrackingConfig, TrackingOperator, Track
 from avatar_ops.tracking.smplify import FitConfig, intrinsics_for, project
 from avatar_ops.types import Rejected
 
-PHOTOS = ["man_wall_fullbody.jpg", "woman_dress_fullbody.jpg", "man_hoodie_masked.png"]
+PHOTOS = ["elder_fruit_halfbody.jpg", "woman_dress_fullbody.jpg", "man_hoodie_masked.png"]
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -157,7 +157,13 @@ def test_fit_recovers_known_pose_and_shape(backend, request):
     b = truth.keypoints[0] - truth.keypoints[0].mean(0)
     a = a * (a * b).sum() / (a * a).sum()
     error = float((a - b).norm(dim=1).mean())
-    assert error <= 0.03, error
+    # The keypoints are matched to ~0.3% of the person's height (the starting guess: 3%).
+    assert result.quality["reprojection_error_ratio"] <= 0.01, result.quality
+    # In 3D, one view's keypoints leave depth ambiguities of a few centimetres: this fit lands at
+    # 2.6 cm (Anny) and 3.0 cm (SMPL-X), the same fit run twice as long at 3.9 cm with the same
+    # reprojection, the starting guess (orientation and translation only) at 10.7 cm. 5 cm passes
+    # every fit that found the pose and fails one that did not.
+    assert error <= 0.05, error
 
 
 def test_silhouette_rasteriser_matches_polygon_fill(anny_body):

@@ -48,7 +48,7 @@ def test_openapi_and_health(api):
 
 
 def test_track_sample_photo_multipart_and_json(api, samples_dir):
-    photo = (samples_dir / "man_wall_fullbody.jpg").read_bytes()
+    photo = (samples_dir / "elder_fruit_halfbody.jpg").read_bytes()
     r = requests.post(f"{api.base}/v1/track", files={"image": ("photo.jpg", photo, "image/jpeg")}, headers=api.auth, timeout=300)
     assert r.status_code == 200, r.text
     body = r.json()

@@ -1,0 +1,444 @@
+"""The body surface's colour field: what the photo shows of it, and a completion of the rest.
+
+The field lives on the body mesh's vertices.
+
+1. **Observation.** Photo pixels inside the person mask are projected back onto the mesh through
+   its z-buffer (each pixel to the three corners of the triangle it sees, by barycentric weight,
+   times how squarely that triangle faces the camera). Pixels within ``edge_margin`` of the mask's
+   edge are left out, so no background colour enters the surface. A vertex with enough weight is
+   *known*.
+2. **Completion**, part by part (:mod:`avatar_ops.body.parts`):
+   * torso, neck, arms, legs and feet are cut into rings along their axis (rest pose). Prints
+     (regions of the seen surface enclosed by another colour) are taken out first. An unknown
+     vertex takes the weighted median of the cleaned colours seen in its ring around its mirror
+     image front to back, so bands, hems, cuffs, sleeves and trouser legs carry over to the back
+     and a print on the front does not. Rings the photo does not show at all take the *wrap
+     colour* (what the ring's sides show, where a garment wraps round) interpolated along the
+     part; a part with no ring seen takes its left/right counterpart, and failing that the
+     neighbouring part (legs out of frame continue the lowest garment seen).
+   * the head: the scalp (behind the ears, above the brows) takes the hair's colour, never the
+     face's; an unseen side of the face takes the other side's, else skin.
+   * hands take skin (the face's skin colour); feet keep the shoes' colour.
+   * a Laplacian smoothing over the unknown vertices (known ones fixed, within each ring) blends
+     the seam between seen and completed surface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from pydantic import Field
+from scipy import ndimage, sparse
+from scipy.spatial import cKDTree
+from torch import Tensor
+
+from avatar_ops.avatar.visibility import MeshView
+from avatar_ops.body.parts import BodyParts, Part, head_regions
+from avatar_ops.types import FrozenConfig
+
+RING_PARTS = (Part.TORSO, Part.NECK, Part.UPPER_ARM, Part.FOREARM, Part.THIGH, Part.SHIN, Part.FOOT)
+ALONG_X = (Part.UPPER_ARM, Part.FOREARM)  # arms run along x in the T-pose, the rest along y
+# Where a part with no ring seen at all takes its colour from, failing its counterpart: the part
+# and which of that part's ends ("low": smallest coordinate along the axis).
+FALLBACK = {Part.THIGH: (Part.TORSO, "low"), Part.SHIN: (Part.THIGH, "low"), Part.UPPER_ARM: (Part.TORSO, "high"), Part.FOREARM: (Part.UPPER_ARM, "high")}
+RING_WIDTH = 0.025  # metres along a part's axis
+FOOT_RING_WIDTH = 0.01  # fine enough for a shoe's sole
+COVERAGE_GROUPS = {
+    "head": (Part.HEAD,), "torso": (Part.TORSO, Part.NECK), "arms": (Part.UPPER_ARM, Part.FOREARM),
+    "hands": (Part.HAND,), "legs": (Part.THIGH, Part.SHIN), "feet": (Part.FOOT,),
+}  # fmt: skip
+
+
+class CompletionConfig(FrozenConfig):
+    """How the photo is read onto the body surface and how the unseen surface is completed."""
+
+    zbuffer_side: int = Field(384, ge=32, description="Longer side (pixels) of the mesh z-buffer the photo is read through.")
+    edge_margin: float = Field(0.012, ge=0, le=0.2, description="Band along the mask's edge left unread, as a fraction of the person's height in the image.")
+    min_edge_pixels: float = Field(1.5, ge=0, description="The least width of that band, in z-buffer pixels.")
+    known_weight: float = Field(0.3, gt=0, description="Pixel weight (pixels x facing) below which a seen vertex's colour is read at its own pixel rather than from the pixels around it.")
+    seen_facing: float = Field(0.15, ge=0, lt=1, description="Vertices facing the camera less squarely than this cosine are left to the completion.")
+    ring_width: float = Field(RING_WIDTH, gt=0, description="Length (metres) of the rings torso, neck, arms and legs are cut into.")
+    foot_ring_width: float = Field(FOOT_RING_WIDTH, gt=0, description="Height (metres) of the rings feet are cut into (fine enough for a shoe's sole).")
+    fallback_rings: int = Field(4, ge=1, description="Rings of the neighbouring part whose colours a part the photo does not show takes (their medoid).")
+    min_part_seen: float = Field(0.05, ge=0, le=1, description="A part (one side's thigh, say) of which the photo shows less than this fraction is completed as unseen, from its counterpart or the part next to it.")
+    min_ring_known: int = Field(3, ge=1, description="Seen vertices a ring needs for a wrap colour of its own.")
+    side_fraction: float = Field(0.2, gt=0, le=0.5, description="A ring's wrap colour is read from this fraction of its seen vertices at each side of its image.")
+    region_tolerance: float = Field(0.1, gt=0, description="Seen neighbours closer in colour than this (RGB distance) belong to one region when prints are taken out.")
+    max_print_fraction: float = Field(0.6, gt=0, description="A region is a print only if it is smaller than this fraction of the regions round it.")
+    max_unseen_edge: float = Field(0.3, ge=0, le=1, description="A region whose edge runs along the unseen surface for more than this share is a garment of its own, not a print.")
+    clean_rounds: int = Field(40, ge=0, description="Most rounds of taking prints out (regions are cut again after each).")
+    clean_smoothing: int = Field(0, ge=0, description="Smoothing passes over seen neighbours before regions are cut (against a garment's own texture).")
+    min_region: int = Field(6, ge=1, description="Regions of fewer seen vertices are edge blends, not surroundings of a print.")
+    mirror_width: float = Field(0.04, gt=0, description="Width (metres, across the part; a Gaussian's sigma) of the window of seen colours in its ring an unseen vertex takes the weighted median of, centred on its mirror image front to back.")
+    smooth_iters: int = Field(20, ge=0, description="Laplacian smoothing passes over the unseen vertices.")
+    skin: tuple[float, float, float] = Field((0.80, 0.62, 0.50), description="Skin colour (linear RGB) when the photo shows no face.")
+    shoes: tuple[float, float, float] = Field((0.15, 0.15, 0.16), description="Shoe colour when the photo shows no foot.")
+
+
+@dataclasses.dataclass
+class Observation:
+    """What the photo says of each vertex: ``colour`` [V, 3], gathered ``weight`` [V], ``known``
+    [V] bool (weight above the config's bar), ``facing`` [V] (cosine to the camera) and
+    ``pixel`` [V, 2] (where it projects, z-buffer pixels)."""
+
+    colour: Tensor
+    weight: Tensor
+    known: Tensor
+    facing: Tensor
+    pixel: Tensor
+
+
+@dataclasses.dataclass
+class Completion:
+    """The completed field: ``colour`` [V, 3], the ``skin`` and ``hair`` colours it used, and
+    ``coverage``: the fraction of each part group's vertices the photo shows."""
+
+    colour: Tensor
+    skin: Tensor
+    hair: Tensor
+    coverage: dict[str, float]
+
+
+def edge_distance(mask: Tensor, width: int, height: int) -> tuple[Tensor, Tensor]:
+    """The person mask at ``width`` x ``height`` (area-resampled, > 1/2) and each pixel's distance
+    (pixels) to the nearest pixel outside it."""
+    small = torch.nn.functional.interpolate(mask.float()[None, None], size=(height, width), mode="area")[0, 0] > 0.5
+    dist = ndimage.distance_transform_edt(small.cpu().numpy())
+    return small, torch.from_numpy(dist).to(mask.device, torch.float32)
+
+
+def rings(rest: Tensor, part: Tensor, side: Tensor, ring_width: float = RING_WIDTH, foot_ring_width: float = FOOT_RING_WIDTH) -> tuple[Tensor, Tensor]:
+    """Each surface point's ring: [N] its index along its part's axis (rest pose: arms along x,
+    the rest along y; feet in finer rings, for soles) and [N] a key unique to its part, side and
+    ring (-1 off the ring parts)."""
+    along_x = torch.isin(part, torch.tensor([int(p) for p in ALONG_X], device=part.device))
+    coord = torch.where(along_x, rest[:, 0] * side, rest[:, 1])
+    width = torch.where(part == Part.FOOT, foot_ring_width, ring_width)
+    ring = torch.floor(coord / width).long()
+    on_rings = torch.isin(part, torch.tensor([int(p) for p in RING_PARTS], device=part.device))
+    key = ((part * 3 + side + 1) * 100_000 + ring - ring.min()) if len(ring) else ring
+    return ring, torch.where(on_rings, key, torch.full_like(key, -1))
+
+
+def readable(mask: Tensor, view: MeshView, config: CompletionConfig) -> tuple[Tensor, Tensor, float]:
+    """Where the photo may be read onto the body, in the view's z-buffer pixels: inside the mask
+    and on the body's own silhouette, at least the margin from the edge of either (edge pixels
+    mix in the background, and a mask that bleeds or a body a little too large would let it in).
+    Returns the [H, W] bool map, each pixel's distance to the nearer edge, and the margin."""
+    inside, dist = edge_distance(mask, view.width, view.height)
+    body = view.frags.mask
+    body_dist = torch.from_numpy(ndimage.distance_transform_edt(body.cpu().numpy())).to(dist)
+    dist = torch.minimum(torch.where(inside, dist, torch.zeros_like(dist)), body_dist)
+    margin = margin_pixels(inside, config)
+    return dist > margin, dist, margin
+
+
+def margin_pixels(small_mask: Tensor, config: CompletionConfig) -> float:
+    """The unread band's width in z-buffer pixels (a fraction of the person's height there)."""
+    rows = torch.nonzero(small_mask.any(1))[:, 0]
+    person = float(rows.max() - rows.min() + 1) if len(rows) else float(small_mask.shape[0])
+    return max(config.min_edge_pixels, config.edge_margin * person)
+
+
+def observe(image: Tensor, mask: Tensor, view: MeshView, vertices: Tensor, faces: Tensor, normals: Tensor, config: CompletionConfig) -> Observation:
+    """Read the photo onto the mesh's vertices through its z-buffer.
+
+    Args:
+        image: [H, W, 3] float photo in [0, 1].
+        mask: [H, W] bool person mask.
+        view: the posed mesh's :func:`~avatar_ops.avatar.visibility.mesh_view` in the photo's camera.
+        vertices: [V, 3] camera-frame posed vertices; normals [V, 3] their unit normals.
+    """
+    w, h = view.width, view.height
+    small = torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=(h, w), mode="area")[0].permute(1, 2, 0)
+    valid, _, _ = readable(mask, view, config)
+    frags = view.frags
+    v0, v1, v2 = (vertices[faces[:, i]] for i in range(3))
+    face_normal = torch.linalg.cross(v1 - v0, v2 - v0, dim=-1)
+    face_normal = face_normal / face_normal.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    centre = (v0 + v1 + v2) / 3
+    face_facing = -(face_normal * centre / centre.norm(dim=1, keepdim=True)).sum(1)
+    f = frags.face[valid]
+    weight = face_facing[f].clamp(min=0)[:, None] * frags.bary[valid]  # [P, 3]
+    colour = small[valid]
+    corners = faces[f]  # [P, 3]
+    num = vertices.shape[0]
+    total = torch.zeros(num, device=vertices.device).index_add_(0, corners.reshape(-1), weight.reshape(-1))
+    summed = torch.zeros(num, 3, device=vertices.device).index_add_(0, corners.reshape(-1), (weight[..., None] * colour[:, None]).reshape(-1, 3))
+    observed = summed / total.clamp(min=1e-9)[:, None]
+    # Seen: the z-buffer shows the vertex, squarely enough, inside the mask away from its edge.
+    visible, facing = view.visible(vertices, normals)
+    pixel = view.pixels(vertices)
+    px = pixel.floor().long()
+    px = torch.stack([px[:, 0].clamp(0, w - 1), px[:, 1].clamp(0, h - 1)], 1)
+    known = visible & (facing >= config.seen_facing) & valid[px[:, 1], px[:, 0]]
+    # A seen vertex no pixel reached (a small triangle's corner) reads the photo where it projects.
+    sampled = small[px[:, 1], px[:, 0]]
+    observed = torch.where((total > config.known_weight)[:, None], observed, sampled)
+    return Observation(colour=observed, weight=torch.where(known, total.clamp(min=config.known_weight), torch.zeros_like(total)), known=known, facing=facing, pixel=pixel)
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per-channel weighted median of [N, C] values."""
+    out = np.empty(values.shape[1], dtype=np.float64)
+    for c in range(values.shape[1]):
+        order = np.argsort(values[:, c])
+        cum = np.cumsum(weights[order])
+        out[c] = values[order[np.searchsorted(cum, 0.5 * cum[-1])], c]
+    return out
+
+
+def clean_prints(colour: np.ndarray, known: np.ndarray, faces: np.ndarray, config: CompletionConfig) -> np.ndarray:
+    """The seen surface's colours with its prints taken out, so they are not carried round to the
+    back: the seen vertices are cut into regions of similar colour (mesh neighbours closer than
+    ``region_tolerance``), and a region enclosed by one other colour (the garment round a logo,
+    the skin round an eye) takes that colour, smallest regions first, until none is left. A
+    region that reaches the unseen surface along much of its edge (a sleeve, the hair) or meets
+    two different colours (a hem between a shirt and trousers) is a garment of its own and stays.
+
+    Args:
+        colour: [V, 3] observed colours; known [V] bool; faces [F, 3].
+    """
+    from scipy.sparse.csgraph import connected_components
+
+    num = len(colour)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    edges = np.unique(np.sort(edges, 1), axis=0)
+    # A light smoothing over seen neighbours, so a garment's own texture does not cut it up.
+    adj = sparse.coo_matrix((np.ones(len(edges) * 2), (np.r_[edges[:, 0], edges[:, 1]], np.r_[edges[:, 1], edges[:, 0]])), shape=(num, num)).tocsr()
+    adj = adj + sparse.identity(num, format="csr")
+    w = known.astype(np.float64)
+    smooth = np.where(known[:, None], colour, 0.0)
+    for _ in range(config.clean_smoothing):
+        smooth = (adj @ (smooth * w[:, None])) / np.maximum(adj @ w, 1e-9)[:, None]
+    smooth = np.where(known[:, None], smooth, 0.0)
+    seen_edges = edges[known[edges[:, 0]] & known[edges[:, 1]]]
+    touches_unseen = np.zeros(num, bool)
+    border = edges[known[edges[:, 0]] != known[edges[:, 1]]]
+    touches_unseen[border[known[border[:, 0]], 0]] = True
+    touches_unseen[border[known[border[:, 1]], 1]] = True
+    out = smooth.copy()
+    for _ in range(config.clean_rounds):
+        similar = np.linalg.norm(out[seen_edges[:, 0]] - out[seen_edges[:, 1]], axis=1) < config.region_tolerance
+        linked = seen_edges[similar]
+        graph = sparse.coo_matrix((np.ones(len(linked)), (linked[:, 0], linked[:, 1])), shape=(num, num))
+        _, label = connected_components(graph, directed=False)
+        regions = label.max() + 1
+        seen_label = label[known]
+        size = np.bincount(seen_label, minlength=regions)
+        mean = np.stack([np.bincount(seen_label, weights=out[known, c], minlength=regions) for c in range(3)], 1) / np.maximum(size, 1)[:, None]
+        cross = seen_edges[label[seen_edges[:, 0]] != label[seen_edges[:, 1]]]
+        pairs = np.unique(np.concatenate([label[cross], label[cross][:, ::-1]]), axis=0)  # (region, region across its edge)
+        edge_vertices = np.unique(cross.ravel())
+        rim = np.bincount(label[edge_vertices], minlength=regions)
+        unseen_rim = np.bincount(label[touches_unseen], minlength=regions)
+        changed = np.zeros(regions, bool)
+        any_change = False
+        for region in np.argsort(size, kind="stable"):
+            around = pairs[pairs[:, 0] == region, 1]
+            # Regions of a few vertices are the blend along an edge between two colours: not
+            # surroundings of their own.
+            around = around[size[around] >= config.min_region]
+            # Neighbours of the region's own colour are pieces of the same print.
+            around = around[np.linalg.norm(mean[around] - mean[region], axis=1) >= 2 * config.region_tolerance]
+            if size[region] == 0 or len(around) == 0 or changed[around].any() or changed[region]:
+                continue
+            if size[region] > config.max_print_fraction * size[around].sum():
+                continue
+            if unseen_rim[region] > config.max_unseen_edge * (rim[region] + unseen_rim[region]):
+                continue
+            colours = mean[around]
+            if np.linalg.norm(colours - colours[0], axis=1).max() >= config.region_tolerance:
+                continue
+            out[label == region] = np.average(colours, axis=0, weights=size[around])
+            changed[region] = True
+            changed[around] = True
+            any_change = True
+        if not any_change:
+            break
+    return np.where(known[:, None], out, colour)
+
+
+def _medoid(colours: np.ndarray) -> np.ndarray:
+    """The colour of [N, 3] closest, in sum, to the others (an actual colour, robust to outliers)."""
+    return colours[int(np.argmin(np.abs(colours[:, None] - colours[None]).sum((1, 2))))]
+
+
+def _rowwise_weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """[D, C] donor values and [T, D] weights (some zero) -> [T, C] per-channel weighted medians."""
+    out = np.empty((weights.shape[0], values.shape[1]))
+    for c in range(values.shape[1]):
+        order = np.argsort(values[:, c])
+        cum = np.cumsum(weights[:, order], 1)
+        pick = (cum < 0.5 * cum[:, -1:]).sum(1)
+        out[:, c] = values[order[np.minimum(pick, len(order) - 1)], c]
+    return out
+
+
+def _median_of(colour: np.ndarray, weight: np.ndarray, index: np.ndarray, min_count: int) -> np.ndarray | None:
+    return _weighted_median(colour[index], weight[index]) if len(index) >= min_count else None
+
+
+def surface_adjacency(faces: np.ndarray, num: int, same: np.ndarray) -> sparse.csr_matrix:
+    """The averaging operator of mesh neighbourhoods: each vertex with the neighbours it shares a
+    ``same`` label with (row-normalised, the vertex itself included, so one with no such
+    neighbour keeps its value)."""
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    edges = np.concatenate([edges, edges[:, ::-1]])
+    edges = edges[same[edges[:, 0]] == same[edges[:, 1]]]
+    edges = np.concatenate([edges, np.repeat(np.arange(num)[:, None], 2, 1)])
+    adj = sparse.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(num, num)).tocsr()
+    adj.data[:] = 1.0  # duplicate edges count once
+    degree = np.asarray(adj.sum(1)).ravel()
+    return sparse.diags(1.0 / np.maximum(degree, 1)) @ adj
+
+
+def complete(obs: Observation, rest_vertices: Tensor, rest_keypoints: Tensor, parts: BodyParts, faces: Tensor, config: CompletionConfig) -> Completion:
+    """Complete the colour field over the whole surface (see the module docstring).
+
+    Args:
+        obs: the photo's :func:`observe`.
+        rest_vertices: [V, 3] the shaped body in its rest pose (T-pose, canonical frame).
+        rest_keypoints: [K, 3] its keypoints.
+        parts: per-vertex :class:`BodyParts`.
+        faces: [F, 3] the mesh.
+    """
+    device = obs.colour.device
+    colour = obs.colour.detach().cpu().double().numpy()
+    weight = obs.weight.detach().cpu().double().numpy()
+    known = obs.known.cpu().numpy()
+    pixel = obs.pixel.detach().cpu().double().numpy()
+    rest = rest_vertices.detach().cpu().numpy()
+    part = parts.part.cpu().numpy()
+    side = parts.side.cpu().numpy()
+    num = len(rest)
+    faces_np = faces.cpu().numpy()
+    out = np.where(known[:, None], colour, 0.0)
+    filled = known.copy()
+    cleaned = clean_prints(colour, known, faces_np, config)
+
+    # Skin from the face (its eyes and mouth taken out); hair from the scalp.
+    face, scalp = (m.cpu().numpy() for m in head_regions(rest_vertices, rest_keypoints, parts))
+    skin = _median_of(cleaned, weight, np.nonzero(face & known)[0], 5)
+    if skin is None:
+        skin = _median_of(colour, weight, np.nonzero((part == Part.HAND) & known)[0], 5)
+    skin = np.asarray(config.skin, dtype=np.float64) if skin is None else skin
+    hair = _median_of(colour, weight, np.nonzero(scalp & known)[0], 5)
+    hair = skin if hair is None else hair
+
+    # Rings: wrap colours, filled along each part, then from counterparts and neighbours.
+    ring_t, ring_key = rings(rest_vertices.detach().cpu(), parts.part.cpu(), parts.side.cpu(), config.ring_width, config.foot_ring_width)
+    ring = ring_t.numpy()
+    profiles: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # (part, side) -> (ring ids, colours)
+    for p in RING_PARTS:
+        for s in np.unique(side[part == p]):
+            members = np.nonzero((part == p) & (side == s))[0]
+            ids, colours = [], []
+            if known[members].mean() < config.min_part_seen:
+                continue  # a few stray pixels (an arm in front of the lap) do not dress a whole leg
+            for r in np.unique(ring[members]):
+                seen = members[(ring[members] == r) & known[members]]
+                if len(seen) < config.min_ring_known:
+                    continue
+                # The sides of what is seen, where a garment wraps round: the outermost seen
+                # vertices across the ring's image (its projection's major axis).
+                ring_xy = pixel[members[ring[members] == r]]
+                centre = ring_xy.mean(0)
+                _, _, vt = np.linalg.svd(ring_xy - centre, full_matrices=False)
+                lateral = (pixel[seen] - centre) @ vt[0]
+                lo, hi = np.quantile(lateral, [config.side_fraction, 1 - config.side_fraction])
+                sides = seen[(lateral <= lo) | (lateral >= hi)]
+                ids.append(r)
+                colours.append(_weighted_median(cleaned[sides], weight[sides]))
+            if ids:
+                profiles[(int(p), int(s))] = (np.asarray(ids, dtype=np.float64), np.stack(colours))
+    for p in RING_PARTS:
+        for s in np.unique(side[part == p]):
+            key = (int(p), int(s))
+            if key in profiles:
+                continue
+            if (int(p), int(-s)) in profiles and s != 0:
+                profiles[key] = profiles[(int(p), int(-s))]
+            elif p in FALLBACK and any(q == FALLBACK[p][0] for q, _ in profiles):
+                # The nearest garment: what the neighbouring part shows in its rings nearest this
+                # part (a few of them, so one ring of a belt or a shadow does not decide).
+                src_part, end = FALLBACK[p]
+                ends = [(ids, cols) for (q, _), (ids, cols) in profiles.items() if q == src_part]
+                edge = min(float(ids[0]) for ids, _ in ends) if end == "low" else max(float(ids[-1]) for ids, _ in ends)
+                near = np.concatenate([cols[np.abs(ids - edge) < config.fallback_rings] for ids, cols in ends])
+                profiles[key] = (np.zeros(1), _medoid(near)[None])
+            elif p == Part.NECK:
+                profiles[key] = (np.zeros(1), skin[None])
+            elif p == Part.FOOT:
+                profiles[key] = (np.zeros(1), np.asarray(config.shoes, dtype=np.float64)[None])
+            else:
+                seen = np.nonzero(known)[0]
+                profiles[key] = (np.zeros(1), (_median_of(colour, weight, seen, 1) if len(seen) else skin)[None])
+    for (p, s), (ids, colours) in profiles.items():
+        members = (part == p) & (side == s)
+        todo = np.nonzero(members & ~filled)[0]
+        if not len(todo):
+            continue
+        out[todo] = np.stack([np.interp(ring[todo], ids, colours[:, c]) for c in range(3)], 1)
+        filled[todo] = True
+        # Front to back: the cleaned colours seen in the ring around the vertex's mirror image
+        # through the ring's centre (a weighted median), so hems, cuffs, a tank top's armholes and
+        # a jacket's panels come round as they are, and prints (cleaned away) do not.
+        seen = np.nonzero(members & known)[0]
+        if len(seen):
+            lateral = 1 if p in ALONG_X else 0  # the rest-pose axis across the part, besides depth
+            for r in np.unique(ring[todo]):
+                targets = todo[ring[todo] == r]
+                donors = seen[ring[seen] == r]
+                if not len(donors):
+                    donors = seen[np.abs(ring[seen] - r) <= 1]
+                if not len(donors):
+                    continue
+                gap = rest[targets, lateral][:, None] - rest[donors, lateral][None]  # [T, D]
+                w = weight[donors][None] * np.exp(-0.5 * (gap / config.mirror_width) ** 2)
+                has = w.sum(1) > 1e-6
+                if has.any():
+                    out[targets[has]] = _rowwise_weighted_median(cleaned[donors], w[has])
+
+    # Head: scalp -> hair; an unseen side of the face -> the other side's, else skin.
+    # (After the rings: the nape is neck, but hair may cover it. How far is not in a front view:
+    # the nape runs from the hair's colour at its top to the ring's below.)
+    nape = scalp & (part == Part.NECK) & ~known
+    if nape.any():
+        y = rest[nape, 1]
+        t = ((y - y.min()) / max(float(y.max() - y.min()), 1e-6))[:, None]
+        out[nape] = t * hair + (1 - t) * out[nape]
+    out[scalp & (part != Part.NECK) & ~known] = hair
+    unseen_face = np.nonzero(face & ~known)[0]
+    if len(unseen_face):
+        seen_face = np.nonzero(face & known)[0]
+        value = np.repeat(skin[None], len(unseen_face), 0)
+        if len(seen_face):
+            mirrored = rest[unseen_face] * np.array([-1.0, 1.0, 1.0])
+            dist, idx = cKDTree(rest[seen_face]).query(mirrored)
+            near = dist < 0.01
+            value[near] = colour[seen_face[idx[near]]]
+        out[unseen_face] = value
+    filled |= (part == Part.HEAD)
+
+    # Hands: skin.
+    out[part == Part.HAND] = skin
+    filled |= part == Part.HAND
+
+    # Smooth the completion (not the photo) around each ring, and within the other parts, so the
+    # seam between seen and completed surface blends without blurring one ring into the next.
+    free = ~known & (part != Part.HAND)
+    if config.smooth_iters and free.any():
+        label = np.where(ring_key.numpy() >= 0, ring_key.numpy() + 100, part)
+        adj = surface_adjacency(faces_np, num, label)
+        for _ in range(config.smooth_iters):
+            out[free] = (adj @ out)[free]
+
+    coverage = {}
+    for name, group in COVERAGE_GROUPS.items():
+        members = np.isin(part, [int(p) for p in group])
+        coverage[name] = float(known[members].mean()) if members.any() else 0.0
+    to = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)
+    return Completion(colour=to(out).clamp(0, 1), skin=to(skin), hair=to(hair), coverage=coverage)

@@ -1,0 +1,105 @@
+"""Body parts of a body model's surface, from its skinning (every backend speaks SMPL-X joints).
+
+A vertex belongs to the part of the SMPL-X joint that dominates its skinning weights: the thigh is
+what the hip turns, the shin what the knee turns, and so on. Parts decide how unseen appearance is
+completed (hands take skin, the back of the head takes hair) and how far each part's Gaussians may
+grow or move (tighter on hands and feet).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import torch
+from torch import Tensor
+
+from avatar_ops.body.base import KEYPOINT_NAMES, SMPLX_JOINT_NAMES, BodyModel
+
+
+class Part(enum.IntEnum):
+    HEAD = 0
+    NECK = 1
+    TORSO = 2
+    UPPER_ARM = 3
+    FOREARM = 4
+    HAND = 5
+    THIGH = 6
+    SHIN = 7
+    FOOT = 8
+
+
+PART_NAMES: tuple[str, ...] = tuple(p.name.lower() for p in Part)
+
+# The part each SMPL-X joint's bones make (fingers are the hand; toes the foot).
+_JOINT_PART = {
+    "pelvis": Part.TORSO, "spine1": Part.TORSO, "spine2": Part.TORSO, "spine3": Part.TORSO, "collar": Part.TORSO,
+    "neck": Part.NECK, "head": Part.HEAD, "jaw": Part.HEAD, "eye": Part.HEAD,
+    "shoulder": Part.UPPER_ARM, "elbow": Part.FOREARM, "wrist": Part.HAND,
+    "hip": Part.THIGH, "knee": Part.SHIN, "ankle": Part.FOOT, "foot": Part.FOOT,
+}  # fmt: skip
+_FINGERS = ("thumb", "index", "middle", "ring", "pinky")
+
+
+def joint_part(name: str) -> Part:
+    """The :class:`Part` of one SMPL-X joint name."""
+    base = name.removeprefix("left_").removeprefix("right_")
+    if base.startswith(_FINGERS):
+        return Part.HAND
+    if base not in _JOINT_PART:
+        raise ValueError(f"`name` must be an SMPL-X joint name, got {name!r}.")
+    return _JOINT_PART[base]
+
+
+def joint_side(name: str) -> int:
+    """+1 for the subject's left (+x in the canonical frame), -1 for the right, 0 on the midline."""
+    return 1 if name.startswith("left_") else -1 if name.startswith("right_") else 0
+
+
+JOINT_PARTS = torch.tensor([int(joint_part(n)) for n in SMPLX_JOINT_NAMES])
+JOINT_SIDES = torch.tensor([joint_side(n) for n in SMPLX_JOINT_NAMES])
+
+
+@dataclasses.dataclass
+class BodyParts:
+    """Per-vertex labels: ``part`` [V] (:class:`Part` values), ``side`` [V] (+1 left, -1 right, 0
+    midline), ``joint`` [V] the dominant SMPL-X joint."""
+
+    part: Tensor
+    side: Tensor
+    joint: Tensor
+
+    def of_faces(self, faces: Tensor) -> BodyParts:
+        """Labels of each face (its first corner's: parts meet along vertex rings)."""
+        first = faces[:, 0]
+        return BodyParts(self.part[first], self.side[first], self.joint[first])
+
+
+def body_parts(body: BodyModel) -> BodyParts:
+    """The body's per-vertex parts, from the SMPL-X joint dominating each vertex's skinning."""
+    joint = body.smplx_skinning_weights().argmax(1)
+    return BodyParts(part=JOINT_PARTS.to(joint.device)[joint], side=JOINT_SIDES.to(joint.device)[joint], joint=joint)
+
+
+def head_regions(rest_vertices: Tensor, rest_keypoints: Tensor, parts: BodyParts) -> tuple[Tensor, Tensor]:
+    """[V] bool masks of the face and of the scalp, in the rest pose (canonical frame, y up,
+    facing +z). The face is the head in front of the ears and below the brows' top; the scalp is
+    the rest of the head and the nape (the upper back of the neck), which hair covers.
+
+    Args:
+        rest_vertices: [V, 3] the shaped body in its rest pose.
+        rest_keypoints: [K, 3] its :data:`KEYPOINT_NAMES` keypoints.
+        parts: the body's :func:`body_parts`.
+    """
+    kp = {n: rest_keypoints[i] for i, n in enumerate(KEYPOINT_NAMES)}
+    ears_z = 0.5 * (kp["left_ear"][2] + kp["right_ear"][2])
+    eyes_y = 0.5 * (kp["left_eye"][1] + kp["right_eye"][1])
+    eye_gap = (kp["left_eye"] - kp["right_eye"]).norm()
+    # The brows sit about two thirds of the eye gap above the eyes; the hairline a little higher.
+    top = eyes_y + 0.7 * eye_gap
+    _x, y, z = rest_vertices.unbind(-1)
+    head = parts.part == Part.HEAD
+    neck = parts.part == Part.NECK
+    face = (head | neck) & (z > ears_z + 0.3 * eye_gap) & (y < top)
+    nape = neck & (z < ears_z) & (y > eyes_y - 1.6 * eye_gap)
+    return face, (head & ~face) | nape
