@@ -67,6 +67,7 @@ class CompletionConfig(FrozenConfig):
     side_fraction: float = Field(0.2, gt=0, le=0.5, description="A ring's wrap colour is read from this fraction of its seen vertices at each side of its image.")
     region_tolerance: float = Field(0.1, gt=0, description="Seen neighbours closer in colour than this (RGB distance) belong to one region when prints are taken out.")
     max_print_fraction: float = Field(0.6, gt=0, description="A region is a print only if it is smaller than this fraction of the regions round it.")
+    max_compound_print_fraction: float = Field(1.5, gt=0, description="A print of several colours (stripes) may be up to this fraction of the garment seen round it: it is told by being enclosed by that garment alone, and an arm in front of a shirt can leave little of the shirt seen.")
     max_unseen_edge: float = Field(0.3, ge=0, le=1, description="A region whose edge runs along the unseen surface for more than this share is a garment of its own, not a print.")
     clean_rounds: int = Field(40, ge=0, description="Most rounds of taking prints out (regions are cut again after each).")
     clean_smoothing: int = Field(0, ge=0, description="Smoothing passes over seen neighbours before regions are cut (against a garment's own texture).")
@@ -81,13 +82,15 @@ class CompletionConfig(FrozenConfig):
 class Observation:
     """What the photo says of each vertex: ``colour`` [V, 3], gathered ``weight`` [V], ``known``
     [V] bool (weight above the config's bar), ``facing`` [V] (cosine to the camera) and
-    ``pixel`` [V, 2] (where it projects, z-buffer pixels)."""
+    ``pixel`` [V, 2] (where it projects, z-buffer pixels); ``occluded`` [V] bool: facing the
+    camera, in the frame, behind other surface."""
 
     colour: Tensor
     weight: Tensor
     known: Tensor
     facing: Tensor
     pixel: Tensor
+    occluded: Tensor
 
 
 @dataclasses.dataclass
@@ -174,10 +177,14 @@ def observe(image: Tensor, mask: Tensor, view: MeshView, vertices: Tensor, faces
     px = pixel.floor().long()
     px = torch.stack([px[:, 0].clamp(0, w - 1), px[:, 1].clamp(0, h - 1)], 1)
     known = visible & (facing >= config.seen_facing) & valid[px[:, 1], px[:, 0]]
+    # Occluded: facing the camera, in the frame, but behind other surface (an arm held in front).
+    in_frame = (pixel[:, 0] >= 0) & (pixel[:, 0] < w) & (pixel[:, 1] >= 0) & (pixel[:, 1] < h)
+    occluded = ~visible & (facing >= config.seen_facing) & in_frame & frags.mask[px[:, 1], px[:, 0]]
     # A seen vertex no pixel reached (a small triangle's corner) reads the photo where it projects.
     sampled = small[px[:, 1], px[:, 0]]
     observed = torch.where((total > config.known_weight)[:, None], observed, sampled)
-    return Observation(colour=observed, weight=torch.where(known, total.clamp(min=config.known_weight), torch.zeros_like(total)), known=known, facing=facing, pixel=pixel)
+    weight = torch.where(known, total.clamp(min=config.known_weight), torch.zeros_like(total))
+    return Observation(colour=observed, weight=weight, known=known, facing=facing, pixel=pixel, occluded=occluded)
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -190,7 +197,7 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return out
 
 
-def clean_prints(colour: np.ndarray, known: np.ndarray, faces: np.ndarray, config: CompletionConfig) -> np.ndarray:
+def clean_prints(colour: np.ndarray, known: np.ndarray, faces: np.ndarray, config: CompletionConfig, hidden: np.ndarray | None = None) -> np.ndarray:
     """The seen surface's colours with its prints taken out, so they are not carried round to the
     back: the seen vertices are cut into regions of similar colour (mesh neighbours closer than
     ``region_tolerance``), and a region enclosed by one other colour (the garment round a logo,
@@ -200,6 +207,9 @@ def clean_prints(colour: np.ndarray, known: np.ndarray, faces: np.ndarray, confi
 
     Args:
         colour: [V, 3] observed colours; known [V] bool; faces [F, 3].
+        hidden: [V] bool, unseen vertices that face the camera behind other surface (an arm in
+            front of them): an edge along them says nothing of where a garment wraps round, so it
+            does not count as unseen. (The frame's edge does: the garment goes on past it.)
     """
     from scipy.sparse.csgraph import connected_components
 
@@ -216,7 +226,8 @@ def clean_prints(colour: np.ndarray, known: np.ndarray, faces: np.ndarray, confi
     smooth = np.where(known[:, None], smooth, 0.0)
     seen_edges = edges[known[edges[:, 0]] & known[edges[:, 1]]]
     touches_unseen = np.zeros(num, bool)
-    border = edges[known[edges[:, 0]] != known[edges[:, 1]]]
+    away = ~known if hidden is None else ~known & ~hidden  # unseen because it faces away
+    border = edges[(known[edges[:, 0]] & away[edges[:, 1]]) | (away[edges[:, 0]] & known[edges[:, 1]])]
     touches_unseen[border[known[border[:, 0]], 0]] = True
     touches_unseen[border[known[border[:, 1]], 1]] = True
     out = smooth.copy()
@@ -236,8 +247,17 @@ def clean_prints(colour: np.ndarray, known: np.ndarray, faces: np.ndarray, confi
         unseen_rim = np.bincount(label[touches_unseen], minlength=regions)
         changed = np.zeros(regions, bool)
         any_change = False
-        for region in np.argsort(size, kind="stable"):
-            around = pairs[pairs[:, 0] == region, 1]
+        # Each region's neighbours and members as slices of sorted arrays (np.unique sorted the
+        # pairs by their first column).
+        ids = np.arange(regions)
+        first, last = np.searchsorted(pairs[:, 0], ids), np.searchsorted(pairs[:, 0], ids, side="right")
+        by_label = np.argsort(label, kind="stable")
+        member_first, member_last = np.searchsorted(label[by_label], ids), np.searchsorted(label[by_label], ids, side="right")
+        order = np.argsort(size, kind="stable")
+        for region in order[size[order] > 0]:
+            if changed[region]:
+                continue
+            around = pairs[first[region] : last[region], 1]
             # Regions of a few vertices are the blend along an edge between two colours: not
             # surroundings of their own.
             around = around[size[around] >= config.min_region]
@@ -252,13 +272,70 @@ def clean_prints(colour: np.ndarray, known: np.ndarray, faces: np.ndarray, confi
             colours = mean[around]
             if np.linalg.norm(colours - colours[0], axis=1).max() >= config.region_tolerance:
                 continue
-            out[label == region] = np.average(colours, axis=0, weights=size[around])
+            out[by_label[member_first[region] : member_last[region]]] = np.average(colours, axis=0, weights=size[around])
             changed[region] = True
             changed[around] = True
             any_change = True
         if not any_change:
             break
+    out = _clean_compound_prints(out, known, seen_edges, touches_unseen, config)
     return np.where(known[:, None], out, colour)
+
+
+def _clean_compound_prints(out: np.ndarray, known: np.ndarray, seen_edges: np.ndarray, touches_unseen: np.ndarray, config: CompletionConfig) -> np.ndarray:
+    """Prints of several colours (stripes, a two-colour logo): a connected group of regions unlike
+    a large ground (every seen region of one colour) that borders only that ground (and blends too
+    small to count), is not much larger than it and does not run along the unseen surface takes
+    the ground's colour. ``clean_prints``' one-colour rule leaves these, since each stripe meets two
+    colours."""
+    from scipy.sparse.csgraph import connected_components
+
+    num = len(out)
+    similar = np.linalg.norm(out[seen_edges[:, 0]] - out[seen_edges[:, 1]], axis=1) < config.region_tolerance
+    linked = seen_edges[similar]
+    _, label = connected_components(sparse.coo_matrix((np.ones(len(linked)), (linked[:, 0], linked[:, 1])), shape=(num, num)), directed=False)
+    regions = label.max() + 1
+    size = np.bincount(label[known], minlength=regions)
+    mean = np.stack([np.bincount(label[known], weights=out[known, c], minlength=regions) for c in range(3)], 1) / np.maximum(size, 1)[:, None]
+    cross = seen_edges[label[seen_edges[:, 0]] != label[seen_edges[:, 1]]]
+    pairs = np.unique(np.concatenate([label[cross], label[cross][:, ::-1]]), axis=0)
+    unseen_rim = np.bincount(label[touches_unseen], minlength=regions)
+    counted = size >= config.min_region  # smaller regions are edge blends
+    changed = np.zeros(regions, bool)
+    done = np.zeros(regions, bool)
+    result = out.copy()
+    for ground in np.argsort(-size, kind="stable"):
+        if size[ground] < 10 * config.min_region:
+            break
+        if changed[ground] or done[ground]:
+            continue
+        # The ground is every region of its colour (a print across the chest cuts the shirt in two).
+        distance = np.linalg.norm(mean - mean[ground], axis=1)
+        cloth = (distance < config.region_tolerance) & (size > 0)
+        done |= cloth
+        area = size[cloth].sum()
+        candidate = (distance >= 2 * config.region_tolerance) & (size > 0) & (size < config.max_compound_print_fraction * area) & ~changed
+        inner = pairs[candidate[pairs[:, 0]] & candidate[pairs[:, 1]]]
+        _, group = connected_components(sparse.coo_matrix((np.ones(len(inner)), (inner[:, 0], inner[:, 1])), shape=(regions, regions)), directed=False)
+        touching = np.unique(group[pairs[cloth[pairs[:, 1]] & candidate[pairs[:, 0]], 0]])
+        for g in touching:
+            members = np.nonzero(candidate & (group == g))[0]
+            if size[members].sum() > config.max_compound_print_fraction * area:
+                continue
+            inside = np.zeros(regions, bool)
+            inside[members] = True
+            out_edges = pairs[inside[pairs[:, 0]] & ~inside[pairs[:, 1]]]
+            others = out_edges[:, 1][counted[out_edges[:, 1]]]
+            if not cloth[others].all():
+                continue  # it meets another colour: a garment between two, not a print
+            rim_vertices = np.unique(cross[inside[label[cross[:, 0]]] != inside[label[cross[:, 1]]]].ravel())
+            rim = int(inside[label[rim_vertices]].sum())
+            unseen = int(unseen_rim[members].sum())
+            if unseen > config.max_unseen_edge * (rim + unseen):
+                continue
+            result[inside[label] & known] = mean[ground]
+            changed[members] = True
+    return result
 
 
 def _medoid(colours: np.ndarray) -> np.ndarray:
@@ -317,7 +394,7 @@ def complete(obs: Observation, rest_vertices: Tensor, rest_keypoints: Tensor, pa
     faces_np = faces.cpu().numpy()
     out = np.where(known[:, None], colour, 0.0)
     filled = known.copy()
-    cleaned = clean_prints(colour, known, faces_np, config)
+    cleaned = clean_prints(colour, known, faces_np, config, obs.occluded.cpu().numpy() & ~known)
 
     # Skin from the face (its eyes and mouth taken out); hair from the scalp.
     face, scalp = (m.cpu().numpy() for m in head_regions(rest_vertices, rest_keypoints, parts))

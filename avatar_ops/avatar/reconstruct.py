@@ -263,8 +263,9 @@ class ReconstructionOperator:
     def _patch_colours(self, colour: Tensor, seen: Tensor, points: Tensor, verts: Tensor, k: Tensor, image: Tensor, mask: Tensor, track: TrackResult) -> Tensor:
         """Seen Gaussians' colours as the mean of the photo's pixels whose surface point is
         nearest to them (their patch of the photo, anti-aliased), read through a z-buffer at the
-        photo's resolution (``colour_side`` at most), away from the mask's edge; Gaussians no pixel
-        falls to keep ``colour``."""
+        photo's resolution (``colour_side`` at most), away from the mask's edge. A pixel goes to the
+        Gaussian nearest its surface point and counts only if that one is seen; seen Gaussians no
+        pixel falls to keep ``colour``."""
         cfg = self.config
         view = mesh_view(verts, self.body.faces, k, track.width, track.height, cfg.colour_side)
         small = torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=(view.height, view.width), mode="area")[0].permute(1, 2, 0)
@@ -273,14 +274,16 @@ class ReconstructionOperator:
             return colour
         f = view.frags.face[valid]
         surface = (view.frags.bary[valid][:, :, None] * verts[self.body.faces[f]]).sum(1)
-        seen_index = torch.nonzero(seen)[:, 0]
-        _, owner = cKDTree(points[seen_index].cpu().numpy()).query(surface.cpu().numpy())
+        # A pixel belongs to the Gaussian nearest its surface point, of all of them: a chest pixel
+        # beside a forearm held in front of it is the chest's, and unseen, not the forearm's.
+        _, owner = cKDTree(points.cpu().numpy()).query(surface.cpu().numpy())
         owner = torch.from_numpy(owner).to(colour.device)
-        total = torch.zeros(len(seen_index), 3, device=colour.device).index_add_(0, owner, small[valid])
-        count = torch.bincount(owner, minlength=len(seen_index)).float()
+        keep = seen[owner]
+        total = torch.zeros(len(points), 3, device=colour.device).index_add_(0, owner[keep], small[valid][keep])
+        count = torch.bincount(owner[keep], minlength=len(points)).float()
         patch = colour.clone()
         have = count > 0
-        patch[seen_index[have]] = total[have] / count[have, None]
+        patch[have] = total[have] / count[have, None]
         return patch
 
     def _push_out(self, verts: Tensor, normals: Tensor, view: MeshView, mask: Tensor, rest: Tensor, rest_keypoints: Tensor, k: Tensor, track: TrackResult) -> tuple[Tensor, Tensor]:

@@ -20,6 +20,8 @@ from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructionOpera
 from avatar_ops.body.parts import PART_NAMES, Part, body_parts
 from tests.synthetic_people import HAIR, PALETTE, PRINT, SHIRT, SHOES, SKIN, TROUSERS, painted, photograph
 
+WHITE = (0.95, 0.95, 0.95)
+
 
 def delta_e(a, b) -> float:
     """CIE76 colour difference of two RGB colours in [0, 1]."""
@@ -68,6 +70,29 @@ def test_the_back_takes_the_fronts_garments_but_not_its_print(rebuilt, photo, an
     assert near_print.float().mean() < 0.02, near_print.float().mean()
     front_print = (avatar.color[rebuilt.seen] - torch.tensor(PRINT)).norm(dim=1) < 0.25
     assert front_print.sum() > 10  # ...where the photo shows it
+
+
+def test_a_striped_print_stays_on_the_front(anny_body, reconstructor):
+    """Stripes of two colours across most of the chest, touching each other and the shirt: each
+    stripe meets two colours, yet together they are one print on the shirt, and the back takes the
+    shirt's colour (most of what the photo shows of those rings is print, so a median of it
+    would carry the stripes round)."""
+    colours, rest = painted(anny_body, with_print=False)
+    part = body_parts(anny_body).part
+    chest = (part == Part.TORSO) & (rest[:, 2] > 0.05) & (rest[:, 0].abs() < 0.10) & ((rest[:, 1] - 0.29).abs() < 0.06)
+    stripe = torch.floor((rest[:, 1] - 0.23) / 0.03).long() % 2 == 0
+    colours[chest & stripe] = torch.tensor(PRINT)
+    colours[chest & ~stripe] = torch.tensor(WHITE)
+    shot = photograph(anny_body, colours)
+    rec = reconstructor([(shot.track, shot.rgb)])[0]
+    points, normal, gpart = surface_frame(rec.avatar, anny_body, shot.rest)
+    back = (normal[:, 2] < -0.5) & ~rec.seen & (gpart == Part.TORSO) & (points[:, 1] > 0.1)
+    assert back.sum() > 100
+    for ink in (PRINT, WHITE):
+        assert ((rec.avatar.color[rec.seen] - torch.tensor(ink)).norm(dim=1) < 0.25).sum() > 10  # on the front...
+        near = (rec.avatar.color[back] - torch.tensor(ink)).norm(dim=1) < 0.25
+        assert near.float().mean() < 0.02, (ink, near.float().mean())  # ...and not on the back
+    assert delta_e(rec.avatar.color[back].median(0).values, SHIRT) < 8
 
 
 def test_the_back_of_the_head_takes_the_hair(rebuilt, photo, anny_body):
