@@ -1,7 +1,7 @@
 """Avatar building on this machine: rasteriser speed, then seconds per stage and peak memory for
 one sample photo per preset (each preset in its own process, so peak memory is its own), on the
 CPU and, where CUDA exists, on the GPU; then the fit of the sample photos one by one against one
-batched call (seconds per avatar). Prints JSON. Target on 2 CPU cores: preview <= 90 s.
+batched call (seconds per avatar). Prints JSON. Target on 2 CPU cores: preview <= 40 s end to end.
 
     python bench/fitting.py [--presets preview standard] [--photo samples/man_hoodie_masked.png] [--no-batched]
 """

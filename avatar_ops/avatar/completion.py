@@ -197,6 +197,24 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return out
 
 
+def _colour_regions(colour: np.ndarray, known: np.ndarray, seen_edges: np.ndarray, tolerance: float):
+    """The seen surface cut into regions of similar colour (seen neighbours closer than
+    ``tolerance``): each vertex's region ``label`` [V] (an unseen vertex is a region of its own),
+    each region's seen ``size`` and ``mean`` colour, the seen edges that ``cross`` from one region
+    to another, and the sorted ``pairs`` of regions across them (both ways round)."""
+    from scipy.sparse.csgraph import connected_components
+
+    num = len(colour)
+    linked = seen_edges[np.linalg.norm(colour[seen_edges[:, 0]] - colour[seen_edges[:, 1]], axis=1) < tolerance]
+    _, label = connected_components(sparse.coo_matrix((np.ones(len(linked)), (linked[:, 0], linked[:, 1])), shape=(num, num)), directed=False)
+    regions = label.max() + 1
+    size = np.bincount(label[known], minlength=regions)
+    mean = np.stack([np.bincount(label[known], weights=colour[known, c], minlength=regions) for c in range(3)], 1) / np.maximum(size, 1)[:, None]
+    cross = seen_edges[label[seen_edges[:, 0]] != label[seen_edges[:, 1]]]
+    pairs = np.unique(np.concatenate([label[cross], label[cross][:, ::-1]]), axis=0)
+    return label, size, mean, cross, pairs
+
+
 def clean_prints(colour: np.ndarray, known: np.ndarray, faces: np.ndarray, config: CompletionConfig, hidden: np.ndarray | None = None) -> np.ndarray:
     """The seen surface's colours with its prints taken out, so they are not carried round to the
     back: the seen vertices are cut into regions of similar colour (mesh neighbours closer than
@@ -210,9 +228,9 @@ def clean_prints(colour: np.ndarray, known: np.ndarray, faces: np.ndarray, confi
         hidden: [V] bool, unseen vertices that face the camera behind other surface (an arm in
             front of them): an edge along them says nothing of where a garment wraps round, so it
             does not count as unseen. (The frame's edge does: the garment goes on past it.)
-    """
-    from scipy.sparse.csgraph import connected_components
 
+    Prints of several colours are taken out after that (:func:`_clean_compound_prints`).
+    """
     num = len(colour)
     edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
     edges = np.unique(np.sort(edges, 1), axis=0)
@@ -232,16 +250,8 @@ def clean_prints(colour: np.ndarray, known: np.ndarray, faces: np.ndarray, confi
     touches_unseen[border[known[border[:, 1]], 1]] = True
     out = smooth.copy()
     for _ in range(config.clean_rounds):
-        similar = np.linalg.norm(out[seen_edges[:, 0]] - out[seen_edges[:, 1]], axis=1) < config.region_tolerance
-        linked = seen_edges[similar]
-        graph = sparse.coo_matrix((np.ones(len(linked)), (linked[:, 0], linked[:, 1])), shape=(num, num))
-        _, label = connected_components(graph, directed=False)
-        regions = label.max() + 1
-        seen_label = label[known]
-        size = np.bincount(seen_label, minlength=regions)
-        mean = np.stack([np.bincount(seen_label, weights=out[known, c], minlength=regions) for c in range(3)], 1) / np.maximum(size, 1)[:, None]
-        cross = seen_edges[label[seen_edges[:, 0]] != label[seen_edges[:, 1]]]
-        pairs = np.unique(np.concatenate([label[cross], label[cross][:, ::-1]]), axis=0)  # (region, region across its edge)
+        label, size, mean, cross, pairs = _colour_regions(out, known, seen_edges, config.region_tolerance)
+        regions = len(size)
         edge_vertices = np.unique(cross.ravel())
         rim = np.bincount(label[edge_vertices], minlength=regions)
         unseen_rim = np.bincount(label[touches_unseen], minlength=regions)
@@ -290,15 +300,8 @@ def _clean_compound_prints(out: np.ndarray, known: np.ndarray, seen_edges: np.nd
     colours."""
     from scipy.sparse.csgraph import connected_components
 
-    num = len(out)
-    similar = np.linalg.norm(out[seen_edges[:, 0]] - out[seen_edges[:, 1]], axis=1) < config.region_tolerance
-    linked = seen_edges[similar]
-    _, label = connected_components(sparse.coo_matrix((np.ones(len(linked)), (linked[:, 0], linked[:, 1])), shape=(num, num)), directed=False)
-    regions = label.max() + 1
-    size = np.bincount(label[known], minlength=regions)
-    mean = np.stack([np.bincount(label[known], weights=out[known, c], minlength=regions) for c in range(3)], 1) / np.maximum(size, 1)[:, None]
-    cross = seen_edges[label[seen_edges[:, 0]] != label[seen_edges[:, 1]]]
-    pairs = np.unique(np.concatenate([label[cross], label[cross][:, ::-1]]), axis=0)
+    label, size, mean, cross, pairs = _colour_regions(out, known, seen_edges, config.region_tolerance)
+    regions = len(size)
     unseen_rim = np.bincount(label[touches_unseen], minlength=regions)
     counted = size >= config.min_region  # smaller regions are edge blends
     changed = np.zeros(regions, bool)
