@@ -13,17 +13,34 @@ class FrozenConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+#: Every reason an operator rejects an input item for, with its class: a bounded label for the
+#: metrics and dashboards (several reasons share one).
+REJECT_REASONS: dict[str, str] = {
+    "empty_file": "bad_input", "not_an_image": "bad_input", "unsupported_format": "bad_input", "truncated_image": "bad_input",
+    "too_many_pixels": "bad_input", "too_small": "bad_input", "unreadable": "bad_input",
+    "no_person": "no_person", "too_few_keypoints": "no_person", "fit_failed": "fit", "reconstruction_failed": "reconstruct",
+}  # fmt: skip
+
+#: Reasons the batch job or Serve (not an operator) fails an item for, with their classes.
+FAILURE_REASONS: dict[str, str] = {"not_found": "not_found", "exception": "exception", "interrupted": "exception", "timeout": "timeout"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Rejected:
     """A bad input item: the operator's answer instead of an exception.
 
     Attributes:
-        reason: a short machine-readable reason class, e.g. ``"truncated_image"``.
+        reason: a short machine-readable reason, one of :data:`REJECT_REASONS`, e.g.
+            ``"truncated_image"``.
         detail: a human-readable sentence saying what was wrong.
     """
 
     reason: str
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.reason not in REJECT_REASONS:
+            raise ValueError(f"Rejected `reason` must be one of {sorted(REJECT_REASONS)}, got {self.reason!r}.")
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.detail}" if self.detail else self.reason

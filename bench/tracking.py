@@ -25,10 +25,10 @@ def main() -> None:
     import torch
 
     from avatar_ops.body import BodyModelConfig, build_body_model
+    from avatar_ops.body.synthetic_smplx import make_synthetic_smplx
     from avatar_ops.io.image import load_image
     from avatar_ops.tracking.detector import MediaPipeDetector
     from avatar_ops.tracking.operator import TrackingConfig, TrackingOperator, TrackInput
-    from tests.smplx_synthetic import make_synthetic_smplx
 
     torch.set_num_threads(2)
     photos = sorted(str(p) for p in (REPO / "samples").glob("*.[jp][pn]g"))

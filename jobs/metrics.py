@@ -27,18 +27,15 @@ import logging
 import threading
 import time
 
+from avatar_ops.types import FAILURE_REASONS, REJECT_REASONS
+
 log = logging.getLogger("avatar_forge.metrics")
 
 LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64]
 
-#: Reasons -> bounded reason classes for labels (anything unknown is ``other``).
-REASON_CLASSES = {
-    "": "none", "empty_file": "bad_input", "not_an_image": "bad_input", "unsupported_format": "bad_input", "truncated_image": "bad_input",
-    "too_many_pixels": "bad_input", "too_small": "bad_input", "unreadable": "bad_input", "not_found": "not_found",
-    "no_person": "no_person", "too_few_keypoints": "no_person", "fit_failed": "fit", "too_few_visible": "fit", "exception": "exception",
-    "interrupted": "exception", "timeout": "timeout",
-}  # fmt: skip
+#: Reasons -> bounded reason classes for labels (defined with the reasons; anything unknown is ``other``).
+REASON_CLASSES = {"": "none", **REJECT_REASONS, **FAILURE_REASONS}
 
 
 def reason_class(reason: str) -> str:

@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# Ray adds a warnings filter of its own for its deprecations when first imported. Imported here,
+# before any test, it sits behind the filters pyproject.toml sets for each test, so those decide
+# (deprecations reported at our call sites are errors there).
+import ray.util.annotations  # noqa: F401
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("ANNY_CACHE_DIR", str(Path.home() / ".cache" / "anny"))
@@ -31,7 +36,7 @@ def anny_body():
 @pytest.fixture(scope="session")
 def smplx_file(tmp_path_factory) -> Path:
     """A synthetic SMPL-X-format model written by the test itself (never committed)."""
-    from tests.smplx_synthetic import make_synthetic_smplx
+    from avatar_ops.body.synthetic_smplx import make_synthetic_smplx
 
     return make_synthetic_smplx(tmp_path_factory.mktemp("smplx") / "SMPLX_NEUTRAL.npz")
 

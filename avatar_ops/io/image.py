@@ -17,16 +17,6 @@ from pydantic import Field
 from avatar_ops.io.storage import read_bytes
 from avatar_ops.types import FrozenConfig, Rejected
 
-REJECT_REASONS = (
-    "empty_file",
-    "not_an_image",
-    "unsupported_format",
-    "truncated_image",
-    "too_many_pixels",
-    "too_small",
-    "unreadable",
-)
-
 
 class DecodeConfig(FrozenConfig):
     """Limits applied when decoding a photo."""
@@ -104,8 +94,8 @@ def decode_image(data: bytes, config: DecodeConfig | None = None) -> DecodedImag
         config: limits; defaults to :class:`DecodeConfig()`.
 
     Returns:
-        A :class:`DecodedImage`, or a :class:`Rejected` whose ``reason`` is one of
-        :data:`REJECT_REASONS`.
+        A :class:`DecodedImage`, or a :class:`Rejected` (``reason`` one of the ``bad_input``
+        class of :data:`~avatar_ops.types.REJECT_REASONS`).
     """
     config = config or DecodeConfig()
     if not isinstance(data, (bytes, bytearray, memoryview)):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avatar_ops.render.gaussians import ALPHA_MAX, ALPHA_MIN, T_MIN, Cameras, Render, crop_renders, rasterize, rasterize_many, stack_scenes
+from avatar_ops.render.gaussians import Cameras, Render, crop_renders, rasterize, rasterize_many, stack_scenes
 
 
 def _scene(n: int = 60, seed: int = 0, sh: bool = False):
@@ -32,9 +32,17 @@ def _cameras(num: int = 2, width: int = 40, height: int = 32) -> Cameras:
     return Cameras(torch.stack(views), k.expand(num, 3, 3).clone(), width, height)
 
 
+# gsplat's compositing rules, as its CUDA kernel states them (gsplat 1.5.3, Common.h and
+# RasterizeToPixels3DGSFwd.cu), written here rather than imported from the module under test.
+GSPLAT_ALPHA_THRESHOLD = 1.0 / 255.0
+GSPLAT_ALPHA_CLAMP = 0.999
+GSPLAT_T_STOP = 1e-4
+
+
 def _dense_reference(means, quats, scales, opacities, colors, cameras, background, eps2d=0.3, antialiased=False):
     """Every pixel against every Gaussian, written from the EWA splatting equations; ``antialiased``
-    scales each opacity by sqrt(det(cov2d) / det(cov2d + eps2d I)) (Mip-Splatting's compensation)."""
+    scales each opacity by sqrt(det(cov2d) / det(cov2d + eps2d I)) (Mip-Splatting's compensation).
+    Returns the images, alphas, depths and how many pixels stopped early (the stopping rule ran)."""
     q = quats / quats.norm(dim=-1, keepdim=True)
     w, x, y, z = q.unbind(-1)
     rot = torch.stack([
@@ -43,7 +51,7 @@ def _dense_reference(means, quats, scales, opacities, colors, cameras, backgroun
         2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
     ], -1).view(-1, 3, 3)  # fmt: skip
     cov = rot @ torch.diag_embed(scales**2) @ rot.transpose(1, 2)
-    images, alphas, depths = [], [], []
+    images, alphas, depths, stopped = [], [], [], []
     for c in range(len(cameras)):
         view, k = cameras.viewmats[c], cameras.Ks[c]
         p = means @ view[:3, :3].T + view[:3, 3]
@@ -62,23 +70,44 @@ def _dense_reference(means, quats, scales, opacities, colors, cameras, backgroun
         d = pix[:, None] - uv[order][None]
         con = conic[order]
         sigma = 0.5 * torch.einsum("pni,nij,pnj->pn", d, con, d)
-        alpha = ((opacities * compensation)[order][None] * torch.exp(-sigma)).clamp(max=ALPHA_MAX)
-        alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
-        trans = torch.cumprod(1 - alpha, 1)
-        before = torch.cat([torch.ones_like(trans[:, :1]), trans[:, :-1]], 1)
-        weight = torch.where(trans > T_MIN, alpha * before, torch.zeros_like(alpha))
-        acc = weight.sum(1, keepdim=True)
-        rgb = weight @ colors[order] + (1 - acc) * background
-        depth = (weight @ p[order, 2:3]) / acc.clamp(min=1e-10)
+        alpha = ((opacities * compensation)[order][None] * torch.exp(-sigma)).clamp(max=GSPLAT_ALPHA_CLAMP)
+        # gsplat's per-pixel loop, front to back (RasterizeToPixels3DGSFwd.cu): skip a Gaussian
+        # whose sigma < 0 or alpha < 1/255; stop, before it, at the first whose next_T <= 1e-4.
+        trans = torch.ones(len(pix), dtype=means.dtype)
+        done = torch.zeros(len(pix), dtype=torch.bool)
+        rgb = torch.zeros(len(pix), 3, dtype=means.dtype)
+        depth_sum = torch.zeros(len(pix), 1, dtype=means.dtype)
+        for n in range(len(order)):
+            a = alpha[:, n]
+            skip = (sigma[:, n] < 0) | (a < GSPLAT_ALPHA_THRESHOLD)
+            next_t = trans * (1 - a)
+            done = done | (~skip & (next_t <= GSPLAT_T_STOP))
+            use = ~skip & ~done
+            vis = torch.where(use, a * trans, torch.zeros_like(a))
+            rgb = rgb + vis[:, None] * colors[order[n]]
+            depth_sum = depth_sum + vis[:, None] * p[order[n], 2]
+            trans = torch.where(use, next_t, trans)
+        stopped.append(int(done.sum()))
+        acc = (1 - trans)[:, None]
+        rgb = rgb + (1 - acc) * background
+        depth = depth_sum / acc.clamp(min=1e-10)
         images.append(rgb.view(cameras.height, cameras.width, 3))
         alphas.append(acc.view(cameras.height, cameras.width, 1))
         depths.append(depth.view(cameras.height, cameras.width, 1))
-    return torch.stack(images), torch.stack(alphas), torch.stack(depths)
+    return torch.stack(images), torch.stack(alphas), torch.stack(depths), sum(stopped)
 
 
 @pytest.mark.parametrize("mode", ["classic", "antialiased"])
 def test_cpu_backend_matches_dense_reference_images_and_gradients(mode):
-    params = [t.double().requires_grad_(True) for t in _scene()]
+    # The random scene, and a stack of near-opaque Gaussians in front of it, so some pixels
+    # stop early (transmittance under gsplat's 1e-4) and the stopping rule is tested too.
+    scene = _scene()
+    layers = 6
+    stack = (
+        torch.stack([torch.zeros(layers), torch.zeros(layers), torch.linspace(-0.35, -0.1, layers)], 1), torch.randn(layers, 4, generator=torch.Generator().manual_seed(2)),
+        torch.full((layers, 3), 0.12), torch.full((layers,), 0.96), torch.rand(layers, 3, generator=torch.Generator().manual_seed(3)),
+    )  # fmt: skip
+    params = [torch.cat([a, b]).double().requires_grad_(True) for a, b in zip(scene, stack)]
     cams = _cameras()
     cams = Cameras(cams.viewmats.double(), cams.Ks.double(), cams.width, cams.height)
     background = torch.tensor([0.2, 0.3, 0.4], dtype=torch.float64)
@@ -86,7 +115,8 @@ def test_cpu_backend_matches_dense_reference_images_and_gradients(mode):
     ref = _dense_reference(*params, cams, background, antialiased=mode == "antialiased")
     assert out.rgb.shape == (2, 32, 40, 3) and out.alpha.shape == (2, 32, 40, 1) and out.depth.shape == (2, 32, 40, 1)
     assert out.alpha.max() > 0.5  # the scene is actually visible
-    for mine, theirs in zip((out.rgb, out.alpha, out.depth), ref):
+    assert ref[3] > 0  # ...and some pixels are opaque enough to stop early
+    for mine, theirs in zip((out.rgb, out.alpha, out.depth), ref[:3]):
         torch.testing.assert_close(mine, theirs, atol=1e-9, rtol=1e-7)
     weights = torch.rand(out.rgb.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     loss = (out.rgb * weights).sum() + out.alpha.sum() + 0.1 * out.depth.sum()

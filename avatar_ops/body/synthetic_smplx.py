@@ -1,4 +1,5 @@
-"""A synthetic SMPL-X-format model for tests and benchmarks (never committed as a file).
+"""A synthetic SMPL-X-format model file, for tests, benchmarks and trying the SMPL-X path without
+the licensed model (never committed as a file; it is not a body anyone should build avatars of).
 
 It has the real SMPL-X kinematic tree (55 joints), 10475 vertices, and every array ``smplx`` reads,
 but its surface is a set of capsules around the bones: enough to test loading, posing and fitting

@@ -1,0 +1,70 @@
+"""One vocabulary of reasons: every reason the code can give a rejected or failed item is defined
+once (``avatar_ops.types``), and each has a metrics class, so no dashboard shows a real reason as
+``other`` or maps a reason nothing gives."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+from avatar_ops.types import FAILURE_REASONS, REJECT_REASONS, Rejected
+from jobs.metrics import reason_class
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _literal_reasons(function: str, position: int) -> set[str]:
+    """String constants passed as argument ``position`` to calls of ``function`` anywhere in the
+    project's packages."""
+    found = set()
+    for package in ("avatar_ops", "jobs", "serve"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if not isinstance(node, ast.Call) or len(node.args) <= position:
+                    continue
+                name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+                arg = node.args[position]
+                if name == function and isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    found.add(arg.value)
+    return found
+
+
+def test_every_reason_given_is_defined_and_has_a_class():
+    rejected = _literal_reasons("Rejected", 0)
+    finished = _literal_reasons("_finish", 2)
+    # The search finds what is there (a broken walk would find nothing and pass).
+    assert {"truncated_image", "no_person", "fit_failed", "reconstruction_failed"} <= rejected
+    assert "not_found" in finished
+    assert rejected <= set(REJECT_REASONS), rejected - set(REJECT_REASONS)
+    assert finished <= set(REJECT_REASONS) | set(FAILURE_REASONS), finished - set(REJECT_REASONS) - set(FAILURE_REASONS)
+    for reason in {**REJECT_REASONS, **FAILURE_REASONS}:
+        assert reason_class(reason) not in ("other", "none"), reason
+    # Every defined reason is given somewhere (none is mapped that nothing emits).
+    emitted = rejected | finished | _status_reasons() | _literal_reasons("_http_error", 1)
+    assert set(REJECT_REASONS) | set(FAILURE_REASONS) <= emitted, (set(REJECT_REASONS) | set(FAILURE_REASONS)) - emitted
+
+
+def _status_reasons() -> set[str]:
+    """The reasons Serve and the in-process pipeline write as literals into status dicts."""
+    found = set()
+    for path in (ROOT / "serve" / "app.py", ROOT / "avatar_ops" / "pipeline.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            keys = {k.value for k in node.keys if isinstance(k, ast.Constant)} if isinstance(node, ast.Dict) else set()
+            if {"status", "reason"} <= keys:
+                for key, value in zip(node.keys, node.values):
+                    if isinstance(key, ast.Constant) and key.value == "reason" and isinstance(value, ast.Constant) and value.value:
+                        found.add(value.value)
+    return found
+
+
+def test_serve_and_the_pipeline_fail_with_defined_reasons():
+    found = _status_reasons()
+    assert {"exception", "interrupted"} <= found
+    assert found <= set(FAILURE_REASONS), found - set(FAILURE_REASONS)
+
+
+def test_an_unknown_reason_is_refused():
+    with pytest.raises(ValueError, match="reason.*one of.*got 'too_few_visible'"):
+        Rejected("too_few_visible", "nothing gives this")
