@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field
 
 from avatar_ops.avatar.export import export_avatar
-from avatar_ops.avatar.fit import PRESETS, FitConfig, FittingOperator
+from avatar_ops.avatar.fit import PRESET_SETTINGS, FitConfig, FittingOperator
 from avatar_ops.avatar.limits import PartLimits
 from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructionOperator, ReconstructResult
 from avatar_ops.body import BodyModel, build_body_model, resolve_device
@@ -27,7 +27,7 @@ from avatar_ops.io import storage
 from avatar_ops.io.image import DecodeConfig, DecodedImage, decode_image
 from avatar_ops.synthesis.operator import SynthesisConfig, SynthesisOperator, SynthesisResult
 from avatar_ops.tracking.operator import TrackingConfig, TrackingOperator, TrackInput, TrackResult
-from avatar_ops.types import FrozenConfig, Rejected
+from avatar_ops.types import FrozenConfig, Preset, Rejected, SynthesisMode
 
 
 class ExportConfig(FrozenConfig):
@@ -42,13 +42,13 @@ class ExportConfig(FrozenConfig):
 class PipelineConfig(FrozenConfig):
     """Everything that decides an avatar's content (hashed into avatar ids)."""
 
-    preset: Literal["preview", "standard", "high"] = Field("preview", description="Quality preset: resolution, Gaussians, iterations.")
+    preset: Preset = Field("preview", description="Quality preset: resolution, Gaussians, iterations.")
     num_gaussians: int | None = Field(None, ge=100, description="Overrides the preset's Gaussian count.")
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     reconstruct: ReconstructConfig = Field(default_factory=ReconstructConfig, description="num_gaussians and limits here are ignored: the preset (or `num_gaussians`) and `limits` set them.")
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig, description="Diffusion-refined pseudo-label views and poses (weights, per-mode settings).")
-    synthesis_mode: Literal["none", "view", "pose", "both"] = Field("none", description="Which pseudo-labels to synthesize for the fit; without `synthesis.model` the hints pass through unrefined and are not fitted to.")
+    synthesis_mode: SynthesisMode = Field("none", description="Which pseudo-labels to synthesize for the fit; without `synthesis.model` the hints pass through unrefined and are not fitted to.")
     fit: FitConfig = Field(default_factory=FitConfig, description="preset and limits here are ignored: the pipeline's preset and `limits` set them.")
     limits: PartLimits = Field(default_factory=PartLimits, description="Per-part limits on the Gaussians' offsets, scales, anisotropy and opacity: reconstruction builds within them and the fit keeps them.")
     export: ExportConfig = Field(default_factory=ExportConfig)
@@ -60,7 +60,7 @@ class PipelineConfig(FrozenConfig):
         return PipelineConfig.model_validate({**self.model_dump(), "preset": preset})
 
     def reconstruct_config(self) -> ReconstructConfig:
-        return self.reconstruct.model_copy(update={"num_gaussians": self.num_gaussians or PRESETS[self.preset]["num_gaussians"], "limits": self.limits})
+        return self.reconstruct.model_copy(update={"num_gaussians": self.num_gaussians or PRESET_SETTINGS[self.preset]["num_gaussians"], "limits": self.limits})
 
     def fit_config(self) -> FitConfig:
         return self.fit.model_copy(update={"preset": self.preset, "limits": self.limits})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -12,6 +13,16 @@ class FrozenConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+
+#: The quality presets (resolution, Gaussians, iterations), cheapest first.
+Preset = Literal["preview", "standard", "high"]
+PRESETS: tuple[str, ...] = get_args(Preset)
+#: The kinds of pseudo-label the synthesis stage makes (new views, new poses).
+SynthesisKind = Literal["view", "pose"]
+SYNTHESIS_KINDS: tuple[str, ...] = get_args(SynthesisKind)
+#: Which of them a pipeline synthesizes.
+SynthesisMode = Literal["none", "view", "pose", "both"]
+SYNTHESIS_MODES: tuple[str, ...] = get_args(SynthesisMode)
 
 #: Every reason an operator rejects an input item for, with its class: a bounded label for the
 #: metrics and dashboards (several reasons share one).

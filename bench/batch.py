@@ -22,9 +22,11 @@ sys.path.insert(0, str(REPO))
 
 
 def main() -> None:
+    from avatar_ops.types import PRESETS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=2, help="variants of each sample photo (default: 2, so 6 photos)")
-    parser.add_argument("--preset", default="preview", choices=["preview", "standard", "high"])
+    parser.add_argument("--preset", default="preview", choices=PRESETS)
     parser.add_argument("--fit-iters", type=int, default=None, help="override the preset's fitting iterations")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs for both runs (default: 2)")
     args = parser.parse_args()

@@ -43,8 +43,10 @@ def _rasteriser(n: int, size: int, device: str) -> dict:
 
 
 def main() -> None:
+    from avatar_ops.types import PRESETS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["preview"], choices=["preview", "standard", "high"], help="presets to time (default: preview)")
+    parser.add_argument("--presets", nargs="+", default=["preview"], choices=PRESETS, help="presets to time (default: preview)")
     parser.add_argument("--photo", default=str(REPO / "samples" / "man_hoodie_masked.png"), help="photo to build (default: the hoodie sample)")
     parser.add_argument("--no-batched", action="store_true", help="skip the one-by-one vs batched fit comparison")
     parser.add_argument("--one", nargs=2, metavar=("PRESET", "DEVICE"), help=argparse.SUPPRESS)

@@ -352,11 +352,13 @@ def summarise(reports: list[dict], entry: str) -> dict:
 
 
 def main() -> None:
+    from avatar_ops.types import PRESETS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subjects", type=int, default=6, help="subjects per set (default: 6; the bar asks for at least 4)")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS, help="subject sets (default: both)")
     parser.add_argument("--entries", nargs="+", default=list(ENTRIES), choices=ENTRIES, help="entry points (default: all three)")
-    parser.add_argument("--preset", default="preview", choices=["preview", "standard", "high"], help="quality preset (default: preview)")
+    parser.add_argument("--preset", default="preview", choices=PRESETS, help="quality preset (default: preview)")
     parser.add_argument("--size", type=int, default=None, help="side of the evaluation renders in pixels (default: the preset's supervision resolution, 256 for preview)")
     parser.add_argument("--photo-size", type=int, default=512, help="side of the input photo in pixels (default: 512)")
     parser.add_argument("--distance", type=float, default=3.0, help="camera distance in metres (default: 3.0)")
@@ -369,9 +371,9 @@ def main() -> None:
     from subjects import make_subjects
 
     if args.size is None:
-        from avatar_ops.avatar.fit import PRESETS
+        from avatar_ops.avatar.fit import PRESET_SETTINGS
 
-        args.size = PRESETS[args.preset]["resolution"]
+        args.size = PRESET_SETTINGS[args.preset]["resolution"]
     bench = Bench(args)
     t_start = time.perf_counter()
     result = {"preset": args.preset, "size": args.size, "photo_size": args.photo_size, "fov_deg": round(bench.fov_deg, 2), "sets": {}}

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from avatar_ops.types import PRESETS, SYNTHESIS_KINDS, SYNTHESIS_MODES
+
 EPILOG = """examples:
   avatar-forge track samples/*.jpg samples/*.png -o out/track
   avatar-forge track photo.jpg --keypoints photo_openpose.json -o out/track
@@ -152,7 +154,7 @@ def _synthesis_settings(args: argparse.Namespace, default_mode: str) -> dict:
     mode = args.synthesis_mode or ("both" if args.synthesis_model else default_mode)
     extra = {k: v for k, v in {"size": args.synthesis_size, "seed": args.synthesis_seed}.items() if v is not None}
     modes = {}
-    for name in ("view", "pose"):
+    for name in SYNTHESIS_KINDS:
         count = getattr(args, f"{name}_frames")
         if count is not None:
             modes[name] = {"num_frames": count}
@@ -161,7 +163,7 @@ def _synthesis_settings(args: argparse.Namespace, default_mode: str) -> dict:
 
 def _add_synthesis_args(p: argparse.ArgumentParser, default_mode: str) -> None:
     p.add_argument("--synthesis-model", metavar="PATH_OR_URI", help="StableVideoDiffusionPipeline folder (save_pretrained) or fsspec URI; without it the hints pass through unrefined")
-    p.add_argument("--synthesis-mode", choices=["none", "view", "pose", "both"], default=None, help=f"pseudo-labels to synthesize (default: both with --synthesis-model, else {default_mode})")
+    p.add_argument("--synthesis-mode", choices=SYNTHESIS_MODES, default=None, help=f"pseudo-labels to synthesize (default: both with --synthesis-model, else {default_mode})")
     p.add_argument("--view-frames", type=int, default=None, help="synthesized views on the orbit (default: 8)")
     p.add_argument("--pose-frames", type=int, default=None, help="synthesized frames of the motion clip (default: 8)")
     p.add_argument("--synthesis-size", type=int, default=None, help="side of the synthesized frames in pixels (default: 256)")
@@ -343,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("photos", nargs="+", metavar="PHOTO", help="image files: local paths or fsspec URIs")
     gen.add_argument("-o", "--output", default="out/avatars", help="output folder or URI (default: out/avatars)")
-    gen.add_argument("--preset", choices=["preview", "standard", "high"], default="preview", help="fit quality: resolution, Gaussians, iterations (default: preview)")
+    gen.add_argument("--preset", choices=PRESETS, default="preview", help="fit quality: resolution, Gaussians, iterations (default: preview)")
     gen.add_argument("--fit-iters", type=int, default=None, help="override the preset's fitting iterations")
     _add_synthesis_args(gen, default_mode="none")
     _add_body_args(gen)

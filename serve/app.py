@@ -34,15 +34,13 @@ from starlette.datastructures import UploadFile
 from avatar_ops.io.codec import image_to_bytes, track_from_bytes
 from avatar_ops.io.image import DecodedImage, decode_image
 from avatar_ops.pipeline import avatar_id
-from avatar_ops.types import Rejected
+from avatar_ops.types import PRESETS, SYNTHESIS_MODES, Rejected
 from serve.adapter import OperatorDeployment
 from serve.config import ServeSettings
 from serve.guard import GuardMiddleware, configure_guard
 from serve.store import CONTENT_TYPES, FINAL, AvatarStore, valid_id
 
 API_VERSION = "v1"
-PRESETS = ("preview", "standard", "high")
-SYNTHESIS_MODES = ("none", "view", "pose", "both")
 #: Decoder rejections that mean "this is not a photo we take" (415); the rest are 422.
 UNSUPPORTED_TYPE = ("not_an_image", "unsupported_format")
 OPTION_FIELDS = {"preset", "synthesis_mode", "keypoints", "clip", "format", "frames", "size"}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +37,9 @@ from avatar_ops.avatar.visibility import mesh_view
 from avatar_ops.body.base import BodyModel
 from avatar_ops.body.parts import Part, body_parts
 from avatar_ops.render.gaussians import Cameras, rasterize_many
-from avatar_ops.types import FrozenConfig
+from avatar_ops.types import FrozenConfig, Preset
 
-PRESETS = {
+PRESET_SETTINGS = {
     # longer side of the supervision images, Gaussians, iterations
     "preview": {"resolution": 256, "num_gaussians": 8000, "iters": 60},
     "standard": {"resolution": 320, "num_gaussians": 20000, "iters": 200},
@@ -50,7 +50,7 @@ PRESETS = {
 class FitConfig(FrozenConfig):
     """Optimisation of the Gaussians. ``preset`` sets resolution, Gaussian count and iterations."""
 
-    preset: Literal["preview", "standard", "high"] = Field("preview", description="Quality preset.")
+    preset: Preset = Field("preview", description="Quality preset.")
     lr: float = Field(0.02, gt=0, description="Adam learning rate (scaled per parameter group).")
     ssim_weight: float = Field(0.2, ge=0, le=1, description="Weight of D-SSIM against L1.")
     alpha_weight: float = Field(1.0, ge=0, description="Weight of the alpha-vs-mask term.")
@@ -72,7 +72,7 @@ class FitConfig(FrozenConfig):
 
     @property
     def settings(self) -> dict:
-        settings = dict(PRESETS[self.preset])
+        settings = dict(PRESET_SETTINGS[self.preset])
         if self.iters is not None:
             settings["iters"] = self.iters
         if self.resolution is not None:

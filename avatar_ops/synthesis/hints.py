@@ -22,6 +22,7 @@ from avatar_ops.body.base import BodyModel
 from avatar_ops.body.rotations import quaternion_to_matrix
 from avatar_ops.motion import Motion
 from avatar_ops.render.gaussians import Cameras, rasterize
+from avatar_ops.types import SynthesisKind
 
 
 @dataclasses.dataclass
@@ -45,7 +46,7 @@ class Hints:
     cameras: Cameras
     pose: Tensor
     transl: Tensor
-    kind: Literal["view", "pose"]
+    kind: SynthesisKind
 
     def __len__(self) -> int:
         return int(self.rgb.shape[0])
@@ -84,7 +85,7 @@ def pose_targets(avatar: GaussianAvatar, body: BodyModel, motion: Motion, size: 
 
 
 def render_hints(
-    avatar: GaussianAvatar, body: BodyModel, pose: Tensor, transl: Tensor, cameras: Cameras, kind: Literal["view", "pose"], background: float = 1.0, chunk: int = 8
+    avatar: GaussianAvatar, body: BodyModel, pose: Tensor, transl: Tensor, cameras: Cameras, kind: SynthesisKind, background: float = 1.0, chunk: int = 8
 ) -> Hints:
     """Render colour, normals, depth and mask of pose t into camera t."""
     if len(pose) != len(cameras):

@@ -24,9 +24,9 @@ from avatar_ops.avatar.model import GaussianAvatar
 from avatar_ops.body.base import BodyModel
 from avatar_ops.render.gaussians import Cameras
 from avatar_ops.synthesis.hints import Hints, pose_targets, render_hints, view_targets
-from avatar_ops.types import FrozenConfig
+from avatar_ops.types import SYNTHESIS_KINDS, FrozenConfig
 
-MODES = ("view", "pose")
+MODES = SYNTHESIS_KINDS
 
 
 class ModeConfig(FrozenConfig):

@@ -15,7 +15,7 @@ from avatar_ops.io.image import DecodedImage
 from avatar_ops.tracking.detector import DetectorConfig, MediaPipeDetector
 from avatar_ops.tracking.keypoints import main_subject
 from avatar_ops.tracking.overlay import mask_iou, rasterize_silhouette, resize_mask
-from avatar_ops.tracking.smplify import FitConfig, FitTarget, fit_bodies, project
+from avatar_ops.tracking.smplify import BodyFitConfig, FitTarget, fit_bodies, project
 from avatar_ops.types import FrozenConfig, Rejected
 
 
@@ -24,7 +24,7 @@ class TrackingConfig(FrozenConfig):
 
     body: BodyModelConfig = Field(default_factory=BodyModelConfig, description="The parametric body to fit.")
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description="The bundled person detector.")
-    fit: FitConfig = Field(default_factory=FitConfig, description="Fit weights and schedule.")
+    fit: BodyFitConfig = Field(default_factory=BodyFitConfig, description="Fit weights and schedule.")
     device: str = Field("auto", description="`auto` (CUDA when available), `cpu` or `cuda[:N]`.")
     min_keypoints: int = Field(6, ge=3, description="Fewer confident keypoints than this rejects the photo.")
     max_reprojection_error: float = Field(0.1, gt=0, description="Mean keypoint error, as a fraction of the person's box height, above which the fit is rejected.")

@@ -42,7 +42,7 @@ LIMBS = [
 ] + [((_KP["left_hip"], _KP["right_hip"]), (_KP["left_shoulder"], _KP["right_shoulder"]))]  # the torso's lean  # fmt: skip
 
 
-class FitConfig(FrozenConfig):
+class BodyFitConfig(FrozenConfig):
     """Weights and schedule of the body fit."""
 
     focal_factor: float = Field(1.2, gt=0, description="Focal length in pixels as a multiple of the image's longer side (about 45 degrees field of view).")
@@ -132,7 +132,7 @@ def joint_limit_penalty(pose: Tensor) -> Tensor:
 class _Silhouette:
     """Precomputed per-photo silhouette data at a reduced resolution."""
 
-    def __init__(self, targets: list[FitTarget], config: FitConfig, device, seed: int) -> None:
+    def __init__(self, targets: list[FitTarget], config: BodyFitConfig, device, seed: int) -> None:
         dts, samples, scales, has = [], [], [], []
         res = config.mask_resolution
         for t in targets:
@@ -227,7 +227,7 @@ def _pose_from_world(world: np.ndarray, frame: np.ndarray, min_confidence: float
     return out
 
 
-def _initial_guess(body: BodyModel, targets: list[FitTarget], intrinsics: Tensor, config: FitConfig) -> tuple[Tensor, Tensor, list[dict[str, np.ndarray]]]:
+def _initial_guess(body: BodyModel, targets: list[FitTarget], intrinsics: Tensor, config: BodyFitConfig) -> tuple[Tensor, Tensor, list[dict[str, np.ndarray]]]:
     """Global orientation and translation from the torso, and limb rotations where the detector's
     metric landmarks give them. Without those: facing or turned away from the camera, by the
     left/right order of the shoulders."""
@@ -273,7 +273,7 @@ def _initial_guess(body: BodyModel, targets: list[FitTarget], intrinsics: Tensor
     return torch.tensor(orient, device=device, dtype=torch.float32), torch.tensor(transl, device=device, dtype=torch.float32), limbs
 
 
-def fit_bodies(body: BodyModel, targets: list[FitTarget], config: FitConfig | None = None, seed: int = 0) -> FitResult:
+def fit_bodies(body: BodyModel, targets: list[FitTarget], config: BodyFitConfig | None = None, seed: int = 0) -> FitResult:
     """Fit ``body`` to every target at once.
 
     Args:
@@ -284,7 +284,7 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: FitConfig | No
     """
     if not targets:
         raise ValueError("`targets` must hold at least one photo, got an empty list.")
-    config = config or FitConfig()
+    config = config or BodyFitConfig()
     device = body.device
     generator = torch.Generator().manual_seed(seed)
     batch = len(targets)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from avatar_ops.avatar.animate import animate, canonical_pose, turntable
 from avatar_ops.avatar.export import avatar_from_bytes, avatar_to_bytes, export_avatar, ply_bytes
-from avatar_ops.avatar.fit import PRESETS, FitConfig, FittingOperator, PseudoLabel
+from avatar_ops.avatar.fit import PRESET_SETTINGS, FitConfig, FittingOperator, PseudoLabel
 from avatar_ops.avatar.limits import PartLimits
 from avatar_ops.avatar.model import orbit_cameras, triangle_frames
 from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructionOperator, ReconstructResult
@@ -37,7 +37,7 @@ def tracked(tracker, samples_dir):
 
 @pytest.fixture(scope="module")
 def reconstructed(tracked, anny_body):
-    op = ReconstructionOperator(ReconstructConfig(num_gaussians=PRESETS["preview"]["num_gaussians"]), anny_body)
+    op = ReconstructionOperator(ReconstructConfig(num_gaussians=PRESET_SETTINGS["preview"]["num_gaussians"]), anny_body)
     return dict(zip(PHOTOS, op([tracked[name] for name in PHOTOS])))
 
 
@@ -65,7 +65,7 @@ def test_reconstruction_covers_the_person(reconstructed, name):
 
 def test_clothing_push_out_is_what_covers_the_dress(tracked, anny_body, reconstructed):
     no_push = PartLimits(max_offset={name: 0.0 for name in PART_NAMES})
-    flat = ReconstructionOperator(ReconstructConfig(num_gaussians=PRESETS["preview"]["num_gaussians"], limits=no_push), anny_body)([tracked[PHOTOS[1]]])[0]
+    flat = ReconstructionOperator(ReconstructConfig(num_gaussians=PRESET_SETTINGS["preview"]["num_gaussians"], limits=no_push), anny_body)([tracked[PHOTOS[1]]])[0]
     pushed = reconstructed[PHOTOS[1]]
     assert pushed.quality["mask_coverage"] > flat.quality["mask_coverage"] + 0.03, (pushed.quality, flat.quality)
     assert flat.quality["pushed_fraction"] == 0.0

@@ -14,7 +14,7 @@ from avatar_ops.body.base import KEYPOINT_NAMES, SMPLX_JOINT_NAMES, zero_pose
 from avatar_ops.io.image import DecodedImage, decode_image
 from avatar_ops.tracking.keypoints import parse_keypoints_json
 from avatar_ops.tracking.operator import TrackingConfig, TrackingOperator, TrackInput, TrackResult
-from avatar_ops.tracking.smplify import FitConfig, intrinsics_for, project
+from avatar_ops.tracking.smplify import BodyFitConfig, intrinsics_for, project
 from avatar_ops.types import Rejected
 
 PHOTOS = ["elder_fruit_halfbody.jpg", "woman_dress_fullbody.jpg", "man_hoodie_masked.png"]
@@ -139,7 +139,7 @@ def test_fit_recovers_known_pose_and_shape(backend, request):
     shape += 0.15 if backend == "anny" else 0.8
     transl = torch.tensor([[0.05, 0.1, 3.2]])
     width, height = 512, 768
-    config = TrackingConfig(device="cpu", fit=FitConfig(silhouette_weight=0.0))
+    config = TrackingConfig(device="cpu", fit=BodyFitConfig(silhouette_weight=0.0))
     k = torch.from_numpy(intrinsics_for(width, height, config.fit.focal_factor))[None]
     with torch.no_grad():
         truth = body(shape, pose, transl)

@@ -1,6 +1,6 @@
-"""One vocabulary of reasons: every reason the code can give a rejected or failed item is defined
-once (``avatar_ops.types``), and each has a metrics class, so no dashboard shows a real reason as
-``other`` or maps a reason nothing gives."""
+"""One vocabulary, defined once in ``avatar_ops.types``: the presets and synthesis modes the CLI,
+Serve and the configs accept, and every reason the code can give a rejected or failed item, each
+with a metrics class (so no dashboard shows a real reason as ``other`` or maps one nothing gives)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import pathlib
 
 import pytest
 
-from avatar_ops.types import FAILURE_REASONS, REJECT_REASONS, Rejected
+from avatar_ops.avatar.fit import PRESET_SETTINGS
+from avatar_ops.pipeline import PipelineConfig
+from avatar_ops.types import FAILURE_REASONS, PRESETS, REJECT_REASONS, SYNTHESIS_KINDS, SYNTHESIS_MODES, Rejected
+from jobs.cli import build_parser
 from jobs.metrics import reason_class
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -68,3 +71,22 @@ def test_serve_and_the_pipeline_fail_with_defined_reasons():
 def test_an_unknown_reason_is_refused():
     with pytest.raises(ValueError, match="reason.*one of.*got 'too_few_visible'"):
         Rejected("too_few_visible", "nothing gives this")
+
+
+def _choices(parser, command: str, option: str) -> tuple:
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]  # argparse keeps no public map
+    return tuple(next(a for a in sub._actions if option in a.option_strings).choices)
+
+
+def test_presets_and_modes_come_from_one_place():
+    assert tuple(PRESET_SETTINGS) == PRESETS
+    assert set(SYNTHESIS_KINDS) < set(SYNTHESIS_MODES)
+    parser = build_parser()
+    assert _choices(parser, "generate", "--preset") == PRESETS
+    assert _choices(parser, "generate", "--synthesis-mode") == SYNTHESIS_MODES
+    for preset in PRESETS:
+        assert PipelineConfig(preset=preset).preset == preset
+    with pytest.raises(ValueError, match="preset"):
+        PipelineConfig(preset="ultra")
+    with pytest.raises(ValueError, match="synthesis_mode"):
+        PipelineConfig(synthesis_mode="views")
