@@ -24,11 +24,18 @@ SYNTHESIS_KINDS: tuple[str, ...] = get_args(SynthesisKind)
 SynthesisMode = Literal["none", "view", "pose", "both"]
 SYNTHESIS_MODES: tuple[str, ...] = get_args(SynthesisMode)
 
+#: The operator stages, in the order a photo goes through them (decoding comes before them all).
+StageKind = Literal["track", "reconstruct", "synthesize", "fit", "export"]
+STAGE_KINDS: tuple[str, ...] = get_args(StageKind)
+#: Where an item stands: ``pending`` while stages remain, then one of the final ones.
+Status = Literal["pending", "ok", "rejected", "failed"]
+FINAL_STATUSES: tuple[str, ...] = get_args(Status)[1:]
+
 #: Every reason an operator rejects an input item for, with its class: a bounded label for the
 #: metrics and dashboards (several reasons share one).
 REJECT_REASONS: dict[str, str] = {
     "empty_file": "bad_input", "not_an_image": "bad_input", "unsupported_format": "bad_input", "truncated_image": "bad_input",
-    "too_many_pixels": "bad_input", "too_small": "bad_input", "unreadable": "bad_input",
+    "too_many_pixels": "bad_input", "too_small": "bad_input", "unreadable": "bad_input", "bad_keypoints": "bad_input",
     "no_person": "no_person", "too_few_keypoints": "no_person", "fit_failed": "fit", "reconstruction_failed": "reconstruct",
 }  # fmt: skip
 

@@ -35,7 +35,8 @@ def main() -> None:
     from PIL import Image
 
     from avatar_ops.avatar.fit import FitConfig
-    from avatar_ops.pipeline import AvatarPipeline, PipelineConfig
+    from avatar_ops.pipeline import AvatarPipeline
+    from avatar_ops.stages.config import PipelineConfig
     from jobs.batch import run_job
     from jobs.config import JobConfig
 

@@ -22,7 +22,8 @@ sys.path.insert(0, str(REPO))
 def _rasteriser(n: int, size: int, device: str) -> dict:
     import torch
 
-    from avatar_ops.render.gaussians import Cameras, rasterize
+    from avatar_ops.render.camera import Cameras
+    from avatar_ops.render.gaussians import rasterize
 
     g = torch.Generator().manual_seed(0)
     means = (torch.rand(n, 3, generator=g) - 0.5) * torch.tensor([0.5, 1.6, 0.3])
@@ -81,17 +82,20 @@ def _batched_fit(device: str, preset: str = "preview") -> dict:
     call (same operator, same settings)."""
     import torch
 
+    from avatar_ops.avatar.fit import FitInput
+    from avatar_ops.avatar.reconstruct import ReconstructInput
     from avatar_ops.io.image import decode_image
-    from avatar_ops.pipeline import PipelineConfig, stage_operator
-    from avatar_ops.tracking.operator import TrackingConfig, TrackingOperator, TrackInput
+    from avatar_ops.stages.config import PipelineConfig
+    from avatar_ops.stages.stage import build_stages
+    from avatar_ops.tracking.operator import TrackingConfig, TrackInput
 
     config = PipelineConfig(preset=preset, tracking=TrackingConfig(device=device))
-    tracker = TrackingOperator.from_config(config.tracking)
+    track, reconstruct, fit = build_stages(config, ["track", "reconstruct", "fit"])
     photos = [decode_image(p.read_bytes()) for p in sorted((REPO / "samples").glob("*.[jp][pn]g"))]
-    tracks = tracker([TrackInput(p) for p in photos])
-    recs = stage_operator("reconstruct", config, tracker.body)([(t, p.rgb) for t, p in zip(tracks, photos)])
-    items = [(rec, p.rgb, []) for rec, p in zip(recs, photos)]
-    fitter = stage_operator("fit", config, tracker.body)
+    tracks = track.operator()([TrackInput(p) for p in photos])
+    recs = reconstruct.operator()([ReconstructInput(t, p.rgb) for t, p in zip(tracks, photos)])
+    items = [FitInput(rec, p.rgb) for rec, p in zip(recs, photos)]
+    fitter = fit.operator()
 
     def timed(fn) -> tuple[float, list]:
         if device == "cuda":
@@ -116,7 +120,8 @@ def _one_preset(preset: str, device: str, photo: str) -> dict:
 
     import torch
 
-    from avatar_ops.pipeline import AvatarPipeline, PipelineConfig
+    from avatar_ops.pipeline import AvatarPipeline
+    from avatar_ops.stages.config import PipelineConfig
     from avatar_ops.tracking.operator import TrackingConfig
 
     pipeline = AvatarPipeline(PipelineConfig(preset=preset, tracking=TrackingConfig(device=device)))

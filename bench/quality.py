@@ -179,12 +179,13 @@ class Bench:
     def __init__(self, args) -> None:
         import torch
 
-        from avatar_ops.avatar.model import orbit_cameras
-        from avatar_ops.pipeline import AvatarPipeline, PipelineConfig
+        from avatar_ops.pipeline import AvatarPipeline
+        from avatar_ops.render.camera import orbit_cameras
+        from avatar_ops.stages.config import PipelineConfig
 
         self.args = args
         self.pipeline = AvatarPipeline(PipelineConfig(preset=args.preset))
-        self.body = self.pipeline.tracker.body
+        self.body = self.pipeline.body
         self.focal_factor = self.pipeline.config.tracking.fit.focal_factor
         # Every camera has the focal length the tracker assumes (as if the photo's EXIF said so).
         self.fov_deg = math.degrees(2 * math.atan(0.5 / self.focal_factor))
@@ -199,8 +200,7 @@ class Bench:
 
         from avatar_ops.io.image import decode_image
         from avatar_ops.motion import load_motion
-        from avatar_ops.render.gaussians import Cameras
-        from avatar_ops.tracking.smplify import project
+        from avatar_ops.render.camera import Cameras, project
 
         args, body = self.args, self.body
         texture = Texture(body, subject)
@@ -243,7 +243,7 @@ class Bench:
         report = {"subject": subject.name, "back": subject.back, "entries": {}}
         sheets = {}
         # The representation ceiling.
-        ceiling = ceiling_avatar(body, texture, subject.shape, pose_c, transl_c, k_photo, args.photo_size, args.photo_size, self.pipeline.reconstructor.config)
+        ceiling = ceiling_avatar(body, texture, subject.shape, pose_c, transl_c, k_photo, args.photo_size, args.photo_size, self.pipeline.stages["reconstruct"].operator().config)
         report["ceiling"] = self._evaluate(ceiling, None, truth, truth_masks, rel, poses, cams, view0, truth_input=(truth[0], truth_masks[0]))[0]
         for entry in args.entries:
             t0 = time.perf_counter()
@@ -268,25 +268,19 @@ class Bench:
         """The fitted avatar of one entry point, or the reason it was rejected."""
         import numpy as np
 
-        from avatar_ops.body.base import KEYPOINT_NAMES  # noqa: F401
-        from avatar_ops.tracking.operator import TrackInput, TrackResult
-        from avatar_ops.types import Rejected
+        from avatar_ops.stages.payload import Payload
+        from avatar_ops.tracking.operator import TrackResult
 
-        p = self.pipeline
+        payload = Payload(f"bench:{subject.name}", image=decoded, keypoints=[keypoints] if entry == "keypoints" else None)
         if entry == "oracle":
             track = TrackResult(
                 body_model=self.body.name, shape=subject.shape[0].numpy(), pose=pose_c[0].numpy(), transl=transl_c[0].numpy(),
                 intrinsics=k_photo.numpy().astype(np.float32), width=decoded.width, height=decoded.height, keypoints=keypoints,
                 projected_keypoints=keypoints[:, :2], mask=mask.numpy(), num_people=1, quality={},
             )  # fmt: skip
-        else:
-            track = p.tracker([TrackInput(decoded, [keypoints] if entry == "keypoints" else None)])[0]
-        if isinstance(track, Rejected):
-            return f"track: {track.reason}: {track.detail}"
-        rec = p.reconstructor([(track, decoded.rgb)])[0]
-        if isinstance(rec, Rejected):
-            return f"reconstruct: {rec.reason}: {rec.detail}"
-        return p.fitter([(rec, decoded.rgb, [])])[0].avatar
+            payload.track = track
+        self.pipeline.run_payload(payload, stop_after="fit", start="reconstruct" if entry == "oracle" else "track")
+        return payload.avatar if payload.pending else f"{payload.status}: {payload.reason}: {payload.detail}"
 
     def _evaluate(self, avatar, alignment, truth, truth_masks, rel, poses, cams, view0, truth_input):
         """Figures of an avatar (aligned by ``alignment``; None: as it is) in every view and pose."""

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from avatar_ops.body.base import SMPLX_JOINT_NAMES, BodyModel
-from avatar_ops.render.gaussians import Cameras
+from avatar_ops.render.camera import Cameras
 from avatar_ops.render.mesh import rasterize_mesh
 
 HEAD, NECK, TORSO, ARM, HAND, LEG, FOOT = range(7)

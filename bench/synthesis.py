@@ -53,7 +53,7 @@ def run_setting(name: str, frames: int, steps: int) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
         if name == "cpu_tiny":
-            from tests.svd_tiny import make_tiny_svd
+            from avatar_ops.synthesis.tiny_svd import make_tiny_svd
 
             device, dtype, size, window = torch.device("cpu"), torch.float32, 64, 4
             folder = make_tiny_svd(Path(tmp) / "svd")

@@ -26,11 +26,12 @@ import time
 import uuid
 from collections.abc import Iterator
 
+from avatar_forge.metrics import JobMetrics
 from avatar_ops.io import storage
-from avatar_ops.pipeline import STAGES
+from avatar_ops.stages.stage import chain
+from avatar_ops.types import STAGE_KINDS
 from jobs.config import JobConfig
-from jobs.metrics import JobMetrics
-from jobs.stages import FusedStage, OperatorStage, decode_batch
+from jobs.stages import PayloadStages, decode_batch
 
 log = logging.getLogger("avatar_forge.batch")
 
@@ -145,7 +146,7 @@ def read_inputs(input_uri: str, output: str, config: JobConfig, limit: int | Non
 def stage_groups(config: JobConfig) -> list[list[str]]:
     """The actor stages as they will be scheduled: one group per actor pool (see ``stages.fuse``).
     ``auto`` keeps one pool per stage when a stage asks for GPUs or the connected cluster has any."""
-    kinds = [k for k in STAGES if not (k == "synthesize" and config.pipeline.synthesis_mode == "none")]
+    kinds = list(chain(config.pipeline))
     fuse = config.stages.fuse
     if fuse == "auto":
         import ray
@@ -172,17 +173,14 @@ def build_dataset(inputs, output: str, config: JobConfig):
     for group in stage_groups(config):
         # A fused pool: the pool and batch size of its first stage, the largest CPU/GPU request of all.
         res = [getattr(st, k) for k in group]
-        if len(group) == 1:
-            stage, ctor = OperatorStage, {"kind": group[0]}
-        else:
-            stage, ctor = FusedStage, {"kinds": group, "batch_sizes": [r.batch_size for r in res]}
         ds = ds.map_batches(
-            stage, fn_constructor_kwargs={**ctor, "config_json": config_json, "output": output, "threads": res[0].threads},
+            PayloadStages,
+            fn_constructor_kwargs={"kinds": group, "batch_sizes": [r.batch_size for r in res], "config_json": config_json, "output": output, "threads": res[0].threads},
             compute=ray.data.ActorPoolStrategy(min_size=res[0].min_actors, max_size=res[0].max_actors),
             batch_size=res[0].batch_size, num_cpus=max(r.num_cpus for r in res), num_gpus=max(r.num_gpus for r in res),
             batch_format="numpy", **actor_retries,
         )  # fmt: skip
-    return ds.drop_columns(["image", "track", "state", "labels", "options"])
+    return ds.drop_columns(["payload", "options"])
 
 
 def _manifest_row(row: dict) -> dict:
@@ -197,9 +195,35 @@ def _manifest_row(row: dict) -> dict:
         "psnr": quality.get("fit_psnr"), "mask_iou": quality.get("track_mask_iou"), "quality": json.dumps(quality),
         "config_digest": row["config_digest"], "content_id": row.get("content_id") or None, "resumed": bool(row["resumed"]),
     }  # fmt: skip
-    for stage in ("decode", *STAGES):
+    for stage in ("decode", *STAGE_KINDS):
         out[f"seconds_{stage}"] = seconds.get(stage)
     return out
+
+
+def _infrastructure_errors() -> tuple[type[BaseException], ...]:
+    import ray.exceptions as rex
+
+    return (
+        rex.WorkerCrashedError, rex.RayActorError, rex.NodeDiedError, rex.LocalRayletDiedError, rex.ObjectLostError,
+        rex.OutOfMemoryError, rex.OutOfDiskError, rex.ObjectStoreFullError, rex.RpcError,
+    )  # fmt: skip
+
+
+def is_infrastructure_fault(err: BaseException) -> bool:
+    """Whether ``err`` (or what it wraps) is a lost worker, node, actor or object, or a machine
+    out of memory or disk: a fault a rerun may not meet. A task's own exception is not one."""
+    infrastructure = _infrastructure_errors()
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, infrastructure):
+            return True
+        todo += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    return False
 
 
 def init_ray(config: JobConfig) -> bool:
@@ -241,7 +265,9 @@ def run_job(input_uri: str, output: str, config: JobConfig | None = None, limit:
                     rows.append(_manifest_row(row))
                     progress_metrics.row_done()
                 break
-            except (ray.exceptions.RayError, ray.exceptions.RaySystemError, RuntimeError) as err:
+            except ray.exceptions.RayError as err:
+                if not is_infrastructure_fault(err):
+                    raise  # a bug, or a task's own error: rerunning would fail the same way
                 last_error = err
                 log.warning("attempt %d of %d failed (%s: %s); rerunning, finished rows are kept", attempt, config.attempts, type(err).__name__, err)
         else:

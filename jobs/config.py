@@ -9,7 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError
 
-from avatar_ops.pipeline import PipelineConfig
+from avatar_ops.stages.config import PipelineConfig
 from avatar_ops.types import FrozenConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")

@@ -1,37 +1,32 @@
-"""Ray Data stages, all made by one adapter from the ``avatar_ops`` operators.
+"""Ray Data stages: rows in, :class:`~avatar_ops.stages.payload.Payload` s through the stage layer, rows out.
 
 A row carries its outcome so far (``status``: ``pending`` while work remains, then ``ok``,
-``rejected`` or ``failed``) and the state the next stage needs, as bytes (``.npz`` / JSON /
-safetensors; no pickle). A stage only works on ``pending`` rows and passes the others through, so
-no row is ever dropped. An exception inside a batch is retried row by row; the row that still
-raises becomes ``failed`` with the exception as its reason, and the job goes on.
+``rejected`` or ``failed``, with ``reason``, ``detail``, ``seconds``, ``quality`` and ``files``)
+and, while pending, its payload as bytes (:mod:`avatar_ops.stages.codec`; no pickle). The stage
+layer works only on pending payloads and isolates the item that raises, so no row is ever
+dropped. What is specific to the batch job is here: reading and resuming rows, and recording
+each row's outcome as it finishes (``_rows/``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from typing import Any
 
 import numpy as np
 
+from avatar_forge.metrics import stage_observer
 from avatar_ops.io import storage
-from avatar_ops.io.codec import (
-    image_from_bytes,
-    image_to_bytes,
-    reconstruction_from_bytes,
-    reconstruction_to_bytes,
-    synthesis_from_bytes,
-    synthesis_to_bytes,
-    track_from_bytes,
-    track_to_bytes,
-)
-from avatar_ops.io.image import decode_image
-from avatar_ops.pipeline import PipelineConfig, avatar_id, build_stage, export_result, failure, fit_labels, merged_quality, run_isolated
-from avatar_ops.types import Rejected
+from avatar_ops.stages.codec import payload_from_bytes, payload_to_bytes
+from avatar_ops.stages.config import PipelineConfig, avatar_id
+from avatar_ops.stages.payload import Payload, decoded_payload
+from avatar_ops.stages.stage import build_stages
+from avatar_ops.types import FINAL_STATUSES
 
-FINAL = ("ok", "rejected", "failed")
+#: What a row records of its outcome (JSON columns hold dicts).
+OUTCOME_COLUMNS = ("status", "reason", "detail")
+JSON_COLUMNS = ("seconds", "quality", "files")
 
 
 def record_uri(output: str, row_id: str, source_uri: str) -> str:
@@ -60,26 +55,20 @@ def to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return out
 
 
-def _add_seconds(row: dict, stage: str, seconds: float) -> None:
-    timings = json.loads(row["seconds"] or "{}")
-    timings[stage] = round(timings.get(stage, 0.0) + seconds, 4)
-    row["seconds"] = json.dumps(timings)
+def _write_payload(row: dict, payload: Payload) -> None:
+    """The payload's outcome into the row's columns, and its state while stages remain."""
+    row.update({k: getattr(payload, k) for k in OUTCOME_COLUMNS}, **{k: json.dumps(getattr(payload, k)) for k in JSON_COLUMNS})
+    row["payload"] = payload_to_bytes(payload) if payload.pending else b""
 
 
-EMPTY_PAYLOAD = {"image": b"", "track": b"", "state": b"", "labels": b""}  # a finished row carries no state
+def _keypoints(row: dict):
+    options = json.loads(row["options"] or "{}")
+    if options.get("keypoints") is None:
+        return None
+    from avatar_ops.tracking.keypoints import parse_keypoints_json
 
-
-def _finish(row: dict, status: str, reason: str = "", detail: str = "") -> None:
-    row.update(status=status, reason=reason, detail=detail, **EMPTY_PAYLOAD)
-
-
-def _stage_metrics(stage: str):
-    """The stage's metrics when running under Ray (None in a plain process, e.g. a unit test)."""
-    import ray
-
-    from jobs.metrics import stage_metrics
-
-    return stage_metrics(stage) if ray.is_initialized() else None
+    value = options["keypoints"]
+    return parse_keypoints_json(value if isinstance(value, str) else json.dumps(value))
 
 
 def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str) -> dict[str, np.ndarray]:
@@ -88,35 +77,37 @@ def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str) ->
     config = PipelineConfig.model_validate_json(config_json)
     digest = config.digest()
     rows = to_rows(batch)
-    metrics = _stage_metrics("decode")
+    metrics = stage_observer("decode")
     if metrics is not None:
         metrics.started(len(rows))
+    fresh = []
     for row in rows:
-        t0 = time.perf_counter()
-        row.update(config_digest=digest, content_id="", seconds="{}", quality="{}", files="{}", reason="", detail="", image=b"", track=b"", state=b"", labels=b"", resumed=False, status="pending")
+        row.update(config_digest=digest, content_id="", resumed=False)
         try:
             data = storage.read_bytes(row["source_uri"])
         except FileNotFoundError:
-            _finish(row, "failed", "not_found", f"no file at {row['source_uri']}")
+            _write_payload(row, Payload(row["source_uri"], status="failed", reason="not_found", detail=f"no file at {row['source_uri']}"))
             continue
         except OSError as err:
-            _finish(row, "failed", "unreadable", f"{type(err).__name__}: {err}")
+            _write_payload(row, Payload(row["source_uri"], status="failed", reason="unreadable", detail=f"{type(err).__name__}: {err}"))
             continue
         row["content_id"] = avatar_id(data, digest)
         if not row["id"]:
             row["id"] = row["content_id"]
         previous = _finished_record(output, row)
         if previous is not None:
-            row.update({k: previous[k] for k in ("status", "reason", "detail", "seconds", "quality", "files")}, resumed=True)
+            row.update({k: previous[k] for k in (*OUTCOME_COLUMNS, *JSON_COLUMNS)}, payload=b"", resumed=True)
             continue
-        decoded = decode_image(data, config.decode)
-        if isinstance(decoded, Rejected):
-            _finish(row, "rejected", decoded.reason, decoded.detail)
-        else:
-            row["image"] = image_to_bytes(decoded)
-        _add_seconds(row, "decode", time.perf_counter() - t0)
+        try:
+            keypoints = _keypoints(row)
+        except ValueError as err:
+            _write_payload(row, Payload(row["source_uri"], status="rejected", reason="bad_keypoints", detail=str(err)))
+            continue
+        payload = decoded_payload(row["source_uri"], data, config, id=row["id"], out_dir=storage.join(output, "avatars", row["id"]), keypoints=keypoints)
+        _write_payload(row, payload)
+        fresh.append((row, payload))
     if metrics is not None:
-        metrics.finished([(r["status"], r["reason"], json.loads(r["seconds"]).get("decode", 0.0)) for r in rows if not r["resumed"]])
+        metrics.finished([(p.status, p.reason, p.seconds.get("decode", 0.0)) for _, p in fresh])
     return to_batch(rows)
 
 
@@ -133,138 +124,42 @@ def _finished_record(output: str, row: dict) -> dict | None:
     return record
 
 
-def _keypoints(row: dict):
-    options = json.loads(row["options"] or "{}")
-    if options.get("keypoints") is None:
-        return None
-    from avatar_ops.tracking.keypoints import parse_keypoints_json
+class PayloadStages:
+    """One or several operator stages in one actor (``kinds``, each on chunks of its own batch
+    size), their operators built once, on one body model. One pool per stage on GPUs; on a
+    machine without, fused, so their thread pools do not fight over the same cores."""
 
-    value = options["keypoints"]
-    return parse_keypoints_json(value if isinstance(value, str) else json.dumps(value))
-
-
-class OperatorStage:
-    """The adapter: one callable class for every operator stage (``kind``: track, reconstruct,
-    synthesize, fit or export). The operator is built once per actor."""
-
-    def __init__(self, kind: str, config_json: str, output: str, threads: int | None = None, body=None) -> None:
+    def __init__(self, kinds: list[str], batch_sizes: list[int], config_json: str, output: str, threads: int | None = None) -> None:
         import os
 
         import torch
 
-        torch.set_num_threads(threads or os.cpu_count() or 1)
-        self.kind = kind
-        self.output = output
-        self.config = PipelineConfig.model_validate_json(config_json)
-        self.body, self.op = build_stage(kind, self.config, body)  # checks `kind`
-        self.metrics = _stage_metrics(kind)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = to_rows(batch)
-        return to_batch(self.run_rows(rows)) if rows else batch
-
-    def run_rows(self, rows: list[dict]) -> list[dict]:
-        """The stage on rows (updated in place and returned): pending rows are processed, the
-        others passed through."""
-        pending = [r for r in rows if r["status"] == "pending"]
-        if pending:
-            if self.metrics is not None:
-                self.metrics.started(len(pending))
-            updates, spent = run_isolated(self.process, pending, lambda row, err: {**failure(self.kind, err), **EMPTY_PAYLOAD})
-            for row, update, seconds in zip(pending, updates, spent):
-                row.update(update)
-                _add_seconds(row, self.kind, seconds)
-            if self.metrics is not None:
-                self.metrics.finished([(r["status"], r["reason"], seconds) for r, seconds in zip(pending, spent)])
-        if self.kind == "export":
-            for row in rows:
-                if not row["resumed"] and row["status"] in FINAL:
-                    self._record(row)
-        return rows
-
-    def process(self, rows: list[dict]) -> list[dict]:
-        """Updates for each pending row, in order; raises only on a bug or a broken input."""
-        return getattr(self, f"_{self.kind}")(rows)
-
-    def _track(self, rows: list[dict]) -> list[dict]:
-        from avatar_ops.tracking.operator import TrackInput
-
-        results = self.op([TrackInput(image_from_bytes(r["image"]), _keypoints(r)) for r in rows])
-        updates = []
-        for result in results:
-            if isinstance(result, Rejected):
-                updates.append({"status": "rejected", "reason": result.reason, "detail": result.detail, "image": b""})
-            else:
-                updates.append({"track": track_to_bytes(result)})
-        return updates
-
-    def _reconstruct(self, rows: list[dict]) -> list[dict]:
-        tracks = [track_from_bytes(r["track"]) for r in rows]
-        results = self.op([(t, image_from_bytes(r["image"]).rgb) for t, r in zip(tracks, rows)])
-        updates = []
-        for result in results:
-            if isinstance(result, Rejected):
-                updates.append({"status": "rejected", "reason": result.reason, "detail": result.detail, "image": b"", "track": b""})
-                continue
-            updates.append({"state": reconstruction_to_bytes(result)})
-        return updates
-
-    def _synthesize(self, rows: list[dict]) -> list[dict]:
-        recs = [reconstruction_from_bytes(r["state"], self.body.device) for r in rows]
-        results = self.op([(rec.avatar, image_from_bytes(r["image"]).rgb, self.config.synthesis_mode) for rec, r in zip(recs, rows)])
-        return [{"labels": synthesis_to_bytes(result)} for result in results]
-
-    def _fit(self, rows: list[dict]) -> list[dict]:
-        from avatar_ops.avatar.export import avatar_to_bytes
-
-        recs = [reconstruction_from_bytes(r["state"], self.body.device) for r in rows]
-        synthesized = [synthesis_from_bytes(r["labels"], self.body.device) if r["labels"] else None for r in rows]
-        outcomes = self.op([(rec, image_from_bytes(r["image"]).rgb, fit_labels(syn)) for rec, r, syn in zip(recs, rows, synthesized)])
-        updates = []
-        for rec, row, outcome, syn in zip(recs, rows, outcomes, synthesized):
-            quality = merged_quality(track_from_bytes(row["track"]), rec, outcome.quality, syn.summary() if syn else None)
-            updates.append({"state": avatar_to_bytes(outcome.avatar)[0], "quality": json.dumps(quality), "labels": b""})
-        return updates
-
-    def _export(self, rows: list[dict]) -> list[dict]:
-        from avatar_ops.avatar.export import avatar_from_bytes
-
-        updates = []
-        for row in rows:
-            avatar = avatar_from_bytes(row["state"]).to(self.body.device)
-            out_dir = storage.join(self.output, "avatars", row["id"])
-            files = export_result(
-                self.config, avatar, self.body, out_dir, row["source_uri"], track_from_bytes(row["track"]), json.loads(row["quality"]), image_from_bytes(row["image"]).rgb, row_id=row["id"]
-            )
-            updates.append({"status": "ok", "files": json.dumps(files), "image": b"", "track": b"", "state": b""})
-        return updates
-
-    def _record(self, row: dict) -> None:
-        record = {k: row[k] for k in ("id", "source_uri", "status", "reason", "detail", "seconds", "quality", "files", "config_digest", "content_id")}
-        storage.write_bytes(record_uri(self.output, row["id"], row["source_uri"]), json.dumps(record).encode())
-
-
-class FusedStage:
-    """Several operator stages in one actor, one after another on each batch (each stage on chunks
-    of its own ``batch_size``). Each keeps its own operator, metrics, timings and per-row isolation;
-    only the scheduling changes. Without GPUs, one pool per stage means every stage's actor competes
-    for the same cores with its own thread pool; fused, one process holds them."""
-
-    def __init__(self, kinds: list[str], batch_sizes: list[int], config_json: str, output: str, threads: int | None = None) -> None:
         if len(kinds) != len(batch_sizes) or not kinds:
             raise ValueError(f"`kinds` and `batch_sizes` must be non-empty and of equal length, got {kinds} and {batch_sizes}.")
-        self.stages: list[tuple[OperatorStage, int]] = []
-        body = None  # one body model for all of them
-        for kind, size in zip(kinds, batch_sizes):
-            stage = OperatorStage(kind, config_json, output, threads, body)
-            body = stage.body
-            self.stages.append((stage, size))
+        torch.set_num_threads(threads or os.cpu_count() or 1)
+        self.output = output
+        config = PipelineConfig.model_validate_json(config_json)
+        self.stages = list(zip(build_stages(config, kinds, stage_observer), batch_sizes))
+        self.records = "export" in kinds  # the last pool records every row's outcome
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = to_rows(batch)
         if not rows:
             return batch
+        device = self.stages[0][0].body.device
+        live = [(row, payload_from_bytes(row["payload"], device)) for row in rows if row["status"] == "pending"]
+        payloads = [p for _, p in live]
         for stage, size in self.stages:
-            for start in range(0, len(rows), size):
-                stage.run_rows(rows[start : start + size])
+            for start in range(0, len(payloads), size):
+                stage.run(payloads[start : start + size])
+        for row, payload in live:
+            _write_payload(row, payload)
+        if self.records:
+            for row in rows:
+                if not row["resumed"] and row["status"] in FINAL_STATUSES:
+                    self._record(row)
         return to_batch(rows)
+
+    def _record(self, row: dict) -> None:
+        record = {k: row[k] for k in ("id", "source_uri", *OUTCOME_COLUMNS, *JSON_COLUMNS, "config_digest", "content_id")}
+        storage.write_bytes(record_uri(self.output, row["id"], row["source_uri"]), json.dumps(record).encode())

@@ -31,11 +31,14 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 
-from avatar_ops.io.codec import image_to_bytes, track_from_bytes
+from avatar_forge.metrics import ServeMetrics
 from avatar_ops.io.image import DecodedImage, decode_image
-from avatar_ops.pipeline import avatar_id
-from avatar_ops.types import PRESETS, SYNTHESIS_MODES, Rejected
-from serve.adapter import OperatorDeployment
+from avatar_ops.stages.codec import payload_from_bytes, payload_to_bytes
+from avatar_ops.stages.config import avatar_id
+from avatar_ops.stages.payload import Payload
+from avatar_ops.stages.stage import chain
+from avatar_ops.types import PRESETS, STAGE_KINDS, SYNTHESIS_MODES, Rejected
+from serve.adapter import StageDeployment
 from serve.config import ServeSettings
 from serve.guard import GuardMiddleware, configure_guard
 from serve.store import CONTENT_TYPES, FINAL, AvatarStore, valid_id
@@ -44,13 +47,14 @@ API_VERSION = "v1"
 #: Decoder rejections that mean "this is not a photo we take" (415); the rest are 422.
 UNSUPPORTED_TYPE = ("not_an_image", "unsupported_format")
 OPTION_FIELDS = {"preset", "synthesis_mode", "keypoints", "clip", "format", "frames", "size"}
-#: Default Serve options per deployment; ``serve/config.yaml`` or ``build_application`` override them.
+#: Default Serve options per deployment (the ingress, then one per stage, named by its kind);
+#: ``serve/config.yaml`` or ``build_application`` override them.
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "AvatarAPI": {"max_ongoing_requests": 32, "max_queued_requests": 64, "ray_actor_options": {"num_cpus": 0.1}},
-    "tracking": {"max_ongoing_requests": 8, "ray_actor_options": {"num_cpus": 0.25}},
-    "reconstruction": {"max_ongoing_requests": 4, "ray_actor_options": {"num_cpus": 0.25}},
-    "synthesis": {"max_ongoing_requests": 2, "ray_actor_options": {"num_cpus": 0.25}},
-    "fitting": {"max_ongoing_requests": 2, "ray_actor_options": {"num_cpus": 0.25}},
+    "track": {"max_ongoing_requests": 8, "ray_actor_options": {"num_cpus": 0.25}},
+    "reconstruct": {"max_ongoing_requests": 4, "ray_actor_options": {"num_cpus": 0.25}},
+    "synthesize": {"max_ongoing_requests": 2, "ray_actor_options": {"num_cpus": 0.25}},
+    "fit": {"max_ongoing_requests": 2, "ray_actor_options": {"num_cpus": 0.25}},
     "export": {"max_ongoing_requests": 4, "ray_actor_options": {"num_cpus": 0.25}},
 }
 
@@ -154,16 +158,15 @@ def _int_option(options: dict, key: str, default: int, low: int, high: int) -> i
 class AvatarAPI:
     """The ingress: validates requests, calls the stage deployments, keeps avatar jobs' status."""
 
-    def __init__(
-        self, settings_json: str, tracker: DeploymentHandle, reconstructor: DeploymentHandle, synthesizer: DeploymentHandle, fitter: DeploymentHandle, exporter: DeploymentHandle
-    ) -> None:
+    def __init__(self, settings_json: str, *stages: DeploymentHandle) -> None:
+        """``stages``: one handle per stage kind, in :data:`~avatar_ops.types.STAGE_KINDS` order."""
+        if len(stages) != len(STAGE_KINDS):
+            raise ValueError(f"AvatarAPI needs one deployment per stage {STAGE_KINDS}, got {len(stages)}.")
         self.settings = ServeSettings.model_validate_json(settings_json)
         keys = self.settings.all_api_keys() if self.settings.auth == "api_key" else None
-        from jobs.metrics import ServeMetrics
-
         self.metrics = ServeMetrics()
         configure_guard(keys, self.settings.max_upload_bytes, self.settings.max_inflight_requests, self.metrics)
-        self.tracker, self.reconstructor, self.synthesizer, self.fitter, self.exporter = tracker, reconstructor, synthesizer, fitter, exporter
+        self.stages: dict[str, DeploymentHandle] = dict(zip(STAGE_KINDS, stages))
         self.store = AvatarStore(self.settings.storage)
         self.jobs: dict[str, asyncio.Task] = {}
         self.slots = asyncio.Semaphore(self.settings.max_concurrent_avatars)
@@ -211,9 +214,8 @@ class AvatarAPI:
 
     @api.get("/readyz", tags=["health"])
     async def readyz(self) -> JSONResponse:
-        stages = {"tracking": self.tracker, "reconstruction": self.reconstructor, "synthesis": self.synthesizer, "fitting": self.fitter, "export": self.exporter}
         ready = {}
-        for name, handle in stages.items():
+        for name, handle in self.stages.items():
             try:
                 await asyncio.wait_for(handle.ready.remote(), timeout=5)
                 ready[name] = True
@@ -228,21 +230,20 @@ class AvatarAPI:
         files, options = await read_request(request, ("image",))
         decoded = await self._decode(files.get("image"))
         keypoints = options.get("keypoints")
-        if keypoints is not None and not isinstance(keypoints, str):
-            keypoints = json.dumps(keypoints)
         if keypoints is not None:
             from avatar_ops.tracking.keypoints import parse_keypoints_json
 
             try:
-                parse_keypoints_json(keypoints)
+                keypoints = parse_keypoints_json(keypoints if isinstance(keypoints, str) else json.dumps(keypoints))
             except ValueError as err:
                 raise _http_error(422, "bad_keypoints", str(err)) from err
-        result = await self._call(self.tracker.remote(image_to_bytes(decoded), keypoints), "tracking")
-        if result["status"] == "rejected":
-            raise _http_error(422, result["reason"], result["detail"])
-        if result["status"] != "ok":
-            raise _http_error(500, result["reason"], result["detail"])
-        return track_from_bytes(result["track"]).to_json()
+        payload = Payload("upload", image=decoded, keypoints=keypoints)
+        result = payload_from_bytes(await self._call(self.stages["track"].remote(payload_to_bytes(payload)), "tracking"))
+        if result.status == "rejected":
+            raise _http_error(422, result.reason, result.detail)
+        if result.status != "pending":
+            raise _http_error(500, result.reason, result.detail.split("\n", 1)[0])
+        return result.track.to_json()
 
     # ---- avatars -------------------------------------------------------------------------
     @api.post(f"/{API_VERSION}/avatars", status_code=202, tags=["avatars"], openapi_extra=_UPLOAD_BODY)
@@ -263,50 +264,32 @@ class AvatarAPI:
             raise _http_error(503, "busy", f"{len(self.jobs)} avatar jobs pending, max_pending_avatars={self.settings.max_pending_avatars}; retry later")
         status = {"id": avatar, "status": "queued", "reason": "", "detail": "", "preset": preset, "synthesis_mode": mode, "seconds": {}, "quality": {}, "files": [], "created_at": time.time()}
         status = await asyncio.to_thread(self.store.write_status, status)
-        self.jobs[avatar] = asyncio.create_task(self._make_avatar(status, image_to_bytes(decoded)))
+        self.jobs[avatar] = asyncio.create_task(self._make_avatar(status, decoded))
         self.metrics.jobs.inc(1, tags={"status": "queued"})
         self.metrics.pending.set(len(self.jobs))
         return JSONResponse(self._status_body(status), status_code=202)
 
-    async def _make_avatar(self, status: dict, image: bytes) -> None:
+    async def _make_avatar(self, status: dict, decoded: DecodedImage) -> None:
+        """The stage chain on one photo, through the stage deployments, as payload bytes."""
         avatar, preset, mode = status["id"], status["preset"], status["synthesis_mode"]
-        labels = None
-        seconds: dict[str, float] = {}
-
-        async def stage(name: str, response) -> dict:
-            t = time.perf_counter()
-            result = await response
-            seconds[name] = round(time.perf_counter() - t, 4)
-            return result
-
+        payload = Payload(f"upload:{avatar}", id=avatar, out_dir=self.store.folder(avatar), preset=preset, synthesis_mode=mode, image=decoded)
         try:
             async with self.slots:
                 status = await asyncio.to_thread(self.store.write_status, {**status, "status": "running"})
-                result = await stage("track", self.tracker.remote(image, None))
-                if result["status"] == "ok":
-                    track = result["track"]
-                    result = await stage("reconstruct", self.reconstructor.remote(track, image, preset))
-                if result["status"] == "ok":
-                    state = result["state"]
-                    if mode != "none":
-                        result = await stage("synthesize", self.synthesizer.remote(state, image, mode))
-                        labels = result.get("labels")
-                if result["status"] == "ok":
-                    result = await stage("fit", self.fitter.remote(state, track, image, preset, labels))
-                if result["status"] == "ok":
-                    quality = result["quality"]
-                    out_dir = self.store.folder(avatar)
-                    result = await stage("export", self.exporter.remote(result["avatar"], track, image, quality, preset, out_dir, f"upload:{avatar}"))
-                if result["status"] == "ok":
-                    final = {"status": "ok", "quality": quality, "files": sorted(n.rsplit("/", 1)[-1] for n in result["files"].values())}
-                else:
-                    final = {"status": result["status"], "reason": result["reason"], "detail": result["detail"]}
+                data = payload_to_bytes(payload)
+                for kind in chain(self.settings.pipeline_for(preset, mode)):
+                    data = await self.stages[kind].remote(data)
+                payload = payload_from_bytes(data)
+            if payload.status == "ok":
+                final = {"status": "ok", "quality": payload.quality, "files": sorted(n.rsplit("/", 1)[-1] for n in payload.files.values())}
+            else:  # the first line of a failure's detail: the traceback stays in the replica's log
+                final = {"status": payload.status, "reason": payload.reason, "detail": payload.detail.split("\n", 1)[0]}
         except Exception as err:  # noqa: BLE001 - a job's failure is its status, never the replica's
             final = {"status": "failed", "reason": "exception", "detail": f"{type(err).__name__}: {err}"}
         finally:
             self.jobs.pop(avatar, None)
             self.metrics.pending.set(len(self.jobs))
-        await asyncio.to_thread(self.store.write_status, {**status, **final, "seconds": seconds})
+        await asyncio.to_thread(self.store.write_status, {**status, **final, "seconds": payload.seconds})
         self.metrics.jobs.inc(1, tags={"status": final["status"]})
 
     @api.get(f"/{API_VERSION}/avatars/{{avatar}}", tags=["avatars"])
@@ -347,13 +330,13 @@ class AvatarAPI:
             if motion not in bundled_clips():
                 raise _http_error(422, "unknown_clip", f"`clip` must be one of {bundled_clips()} (or upload `motion`), got {motion!r}")
         uri = self.store.file_uri(avatar, "avatar.safetensors")
-        data = await self._call(self.exporter.animate.remote(uri, motion, fmt, size, frames), "animation")
+        data = await self._call(self.stages["export"].animate.remote(uri, motion, fmt, size, frames), "animation")
         return Response(data, media_type="image/gif" if fmt == "gif" else "video/mp4")
 
 
 def build_application(settings: ServeSettings, options: dict[str, dict] | None = None) -> Application:
-    """The app: ingress + tracking, reconstruction, synthesis, fitting and export deployments, each made by
-    the one adapter. ``options`` maps deployment names to Serve options (replicas, autoscaling,
+    """The app: the ingress and one deployment per stage (named by its kind: track, reconstruct,
+    synthesize, fit, export), each made by the one adapter. ``options`` maps deployment names to Serve options (replicas, autoscaling,
     ``ray_actor_options``, queue limits) over :data:`DEFAULT_OPTIONS`."""
     options = options or {}
     unknown = set(options) - set(DEFAULT_OPTIONS)
@@ -369,16 +352,15 @@ def build_application(settings: ServeSettings, options: dict[str, dict] | None =
             f"AvatarAPI max_ongoing_requests ({ongoing}) must be at least max_inflight_requests ({settings.max_inflight_requests}), "
             "or the excess would wait in Serve's queue instead of getting 503 at once."
         )
-    stage = serve.deployment(OperatorDeployment)
+    stage = serve.deployment(StageDeployment)
     pipeline_json = settings.pipeline.model_dump_json()
+    batching = {"track": settings.track_batch, "reconstruct": settings.reconstruct_batch}
 
-    def bind(name: str, kind: str, batch=None):
-        return stage.options(name=name, **merged(name)).bind(kind, pipeline_json, batch.model_dump_json() if batch else None, settings.threads)
+    def bind(kind: str):
+        batch = batching.get(kind)
+        return stage.options(name=kind, **merged(kind)).bind(kind, pipeline_json, batch.model_dump_json() if batch else None, settings.threads)
 
-    return AvatarAPI.options(**merged("AvatarAPI")).bind(
-        settings.model_dump_json(), bind("tracking", "track", settings.track_batch), bind("reconstruction", "reconstruct", settings.reconstruct_batch),
-        bind("synthesis", "synthesize"), bind("fitting", "fit"), bind("export", "export"),
-    )  # fmt: skip
+    return AvatarAPI.options(**merged("AvatarAPI")).bind(settings.model_dump_json(), *(bind(kind) for kind in STAGE_KINDS))
 
 
 def build_app(args: ServeSettings) -> Application:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from avatar_ops.pipeline import PipelineConfig
+from avatar_ops.stages.config import PipelineConfig
 from avatar_ops.types import FrozenConfig
 
 API_KEYS_ENV = "AVATAR_API_KEYS"

@@ -18,7 +18,7 @@ _STATE: dict = {"keys": (), "max_bytes": 0, "max_inflight": 0, "inflight": 0, "m
 
 def configure_guard(keys: tuple[str, ...] | None, max_bytes: int, max_inflight: int, metrics=None) -> None:
     """``keys``: accepted bearer tokens, or None for an open API (local development);
-    ``metrics``: a :class:`jobs.metrics.ServeMetrics` (in-flight gauge, rejections)."""
+    ``metrics``: a :class:`avatar_forge.metrics.ServeMetrics` (in-flight gauge, rejections)."""
     _STATE.update(keys=keys, max_bytes=max_bytes, max_inflight=max_inflight, inflight=0, metrics=metrics)
 
 

@@ -12,9 +12,9 @@ import torch
 from avatar_ops.body.base import BodyModel, zero_pose
 from avatar_ops.body.parts import Part, body_parts, head_regions
 from avatar_ops.body.rotations import axis_angle_to_matrix
+from avatar_ops.render.camera import intrinsics_for, project
 from avatar_ops.render.mesh import rasterize_mesh
 from avatar_ops.tracking.operator import TrackResult
-from avatar_ops.tracking.smplify import intrinsics_for, project
 
 SHIRT = (0.80, 0.12, 0.12)
 PRINT = (0.95, 0.85, 0.10)

@@ -9,51 +9,59 @@ import pathlib
 
 import pytest
 
+from avatar_forge.cli import build_parser
+from avatar_forge.metrics import reason_class
 from avatar_ops.avatar.fit import PRESET_SETTINGS
-from avatar_ops.pipeline import PipelineConfig
+from avatar_ops.stages.config import PipelineConfig
 from avatar_ops.types import FAILURE_REASONS, PRESETS, REJECT_REASONS, SYNTHESIS_KINDS, SYNTHESIS_MODES, Rejected
-from jobs.cli import build_parser
-from jobs.metrics import reason_class
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+PACKAGES = ("avatar_ops", "jobs", "serve", "avatar_forge")
+
+
+def _trees():
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            yield path, ast.parse(path.read_text(), filename=str(path))
 
 
 def _literal_reasons(function: str, position: int) -> set[str]:
     """String constants passed as argument ``position`` to calls of ``function`` anywhere in the
     project's packages."""
     found = set()
-    for package in ("avatar_ops", "jobs", "serve"):
-        for path in (ROOT / package).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-                if not isinstance(node, ast.Call) or len(node.args) <= position:
-                    continue
-                name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
-                arg = node.args[position]
-                if name == function and isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                    found.add(arg.value)
+    for _, tree in _trees():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or len(node.args) <= position:
+                continue
+            name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+            arg = node.args[position]
+            if name == function and isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                found.add(arg.value)
     return found
 
 
-def test_every_reason_given_is_defined_and_has_a_class():
-    rejected = _literal_reasons("Rejected", 0)
-    finished = _literal_reasons("_finish", 2)
-    # The search finds what is there (a broken walk would find nothing and pass).
-    assert {"truncated_image", "no_person", "fit_failed", "reconstruction_failed"} <= rejected
-    assert "not_found" in finished
-    assert rejected <= set(REJECT_REASONS), rejected - set(REJECT_REASONS)
-    assert finished <= set(REJECT_REASONS) | set(FAILURE_REASONS), finished - set(REJECT_REASONS) - set(FAILURE_REASONS)
-    for reason in {**REJECT_REASONS, **FAILURE_REASONS}:
-        assert reason_class(reason) not in ("other", "none"), reason
-    # Every defined reason is given somewhere (none is mapped that nothing emits).
-    emitted = rejected | finished | _status_reasons() | _literal_reasons("_http_error", 1)
-    assert set(REJECT_REASONS) | set(FAILURE_REASONS) <= emitted, (set(REJECT_REASONS) | set(FAILURE_REASONS)) - emitted
+def _keyword_reasons() -> set[str]:
+    """String constants passed as ``reason=`` to any call (a payload finished by an adapter)."""
+    return {
+        kw.value.value
+        for _, tree in _trees()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        for kw in node.keywords
+        if kw.arg == "reason" and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str) and kw.value.value
+    }
 
 
-def _status_reasons() -> set[str]:
-    """The reasons Serve and the in-process pipeline write as literals into status dicts."""
+def _status_reasons(paths: tuple[str, ...] | None = None) -> set[str]:
+    """The reasons written as literals into dicts with ``status`` and ``reason`` (stage changes,
+    Serve's avatar status)."""
     found = set()
-    for path in (ROOT / "serve" / "app.py", ROOT / "avatar_ops" / "pipeline.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+    for path, tree in _trees():
+        if paths is not None and str(path.relative_to(ROOT)) not in paths:
+            continue
+        for node in ast.walk(tree):
             keys = {k.value for k in node.keys if isinstance(k, ast.Constant)} if isinstance(node, ast.Dict) else set()
             if {"status", "reason"} <= keys:
                 for key, value in zip(node.keys, node.values):
@@ -62,8 +70,23 @@ def _status_reasons() -> set[str]:
     return found
 
 
-def test_serve_and_the_pipeline_fail_with_defined_reasons():
-    found = _status_reasons()
+def test_every_reason_given_is_defined_and_has_a_class():
+    rejected = _literal_reasons("Rejected", 0)
+    finished = _keyword_reasons() | _status_reasons()
+    # The search finds what is there (a broken walk would find nothing and pass).
+    assert {"truncated_image", "no_person", "fit_failed", "reconstruction_failed"} <= rejected
+    assert {"not_found", "bad_keypoints", "exception", "interrupted"} <= finished
+    assert rejected <= set(REJECT_REASONS), rejected - set(REJECT_REASONS)
+    assert finished <= set(REJECT_REASONS) | set(FAILURE_REASONS), finished - set(REJECT_REASONS) - set(FAILURE_REASONS)
+    for reason in {**REJECT_REASONS, **FAILURE_REASONS}:
+        assert reason_class(reason) not in ("other", "none"), reason
+    # Every defined reason is given somewhere (none is mapped that nothing emits).
+    emitted = rejected | finished | _literal_reasons("_http_error", 1)
+    assert set(REJECT_REASONS) | set(FAILURE_REASONS) <= emitted, (set(REJECT_REASONS) | set(FAILURE_REASONS)) - emitted
+
+
+def test_serve_and_the_stages_fail_with_defined_reasons():
+    found = _status_reasons(("serve/app.py", "avatar_ops/stages/stage.py"))
     assert {"exception", "interrupted"} <= found
     assert found <= set(FAILURE_REASONS), found - set(FAILURE_REASONS)
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from avatar_ops.avatar.model import GaussianAvatar, orbit_cameras
+from avatar_ops.avatar.model import GaussianAvatar
 from avatar_ops.body.base import BodyModel
 from avatar_ops.io.image import to_uint8
 from avatar_ops.motion import Motion
-from avatar_ops.render.gaussians import Cameras
+from avatar_ops.render.camera import Cameras, orbit_cameras
 
 
 def canonical_pose(avatar: GaussianAvatar) -> torch.Tensor:
@@ -59,3 +59,22 @@ def render_frames(avatar: GaussianAvatar, body: BodyModel, pose: torch.Tensor, t
             out = avatar.render(body, p, t, cams[sl], background.to(p.device))
             frames.append(to_uint8(out.rgb))
     return np.concatenate(frames)
+
+
+def animation_bytes(avatar_uri: str, body: BodyModel, motion: str | bytes, fmt: str, size: int, max_frames: int) -> bytes:
+    """The stored avatar at ``avatar_uri`` following ``motion`` (a bundled clip's name or SMPL-X
+    ``.npz`` bytes), encoded as ``gif`` or ``mp4``."""
+    from avatar_ops.avatar.bundle import avatar_from_bytes
+    from avatar_ops.io import storage
+    from avatar_ops.io.media import gif_bytes, mp4_bytes
+    from avatar_ops.motion import bundled_clips, load_motion
+
+    if fmt not in ("gif", "mp4"):
+        raise ValueError(f"`fmt` must be 'gif' or 'mp4', got {fmt!r}.")
+    if isinstance(motion, str) and motion not in bundled_clips():
+        raise ValueError(f"`motion` must be a bundled clip ({', '.join(bundled_clips())}) or .npz bytes, got {motion!r}.")
+    avatar = avatar_from_bytes(storage.read_bytes(avatar_uri)).to(body.device)
+    clip = load_motion(motion)
+    frames = animate(avatar, body, clip, size=size, max_frames=max_frames)
+    fps = min(clip.fps, 30.0)
+    return gif_bytes(frames, fps=fps) if fmt == "gif" else mp4_bytes(frames, fps=fps)

@@ -24,6 +24,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -34,9 +35,10 @@ from avatar_ops.avatar.limits import PartLimits
 from avatar_ops.avatar.model import RASTERIZE_MODE, GaussianAvatar, body_surface
 from avatar_ops.avatar.reconstruct import ReconstructResult
 from avatar_ops.avatar.visibility import mesh_view
-from avatar_ops.body.base import BodyModel
+from avatar_ops.body.base import BodyModel, BodyOperator
 from avatar_ops.body.parts import Part, body_parts
-from avatar_ops.render.gaussians import Cameras, rasterize_many
+from avatar_ops.render.camera import Cameras
+from avatar_ops.render.gaussians import rasterize_many
 from avatar_ops.types import FrozenConfig, Preset
 
 PRESET_SETTINGS = {
@@ -100,6 +102,16 @@ class PseudoLabel:
     transl: Tensor
     weight: float | None = None
     mode: str = "view"
+
+
+@dataclasses.dataclass
+class FitInput:
+    """One avatar to fit: its ``reconstruction``, the photo ``rgb`` [H, W, 3] uint8 and the
+    synthesized ``labels`` to fit to as well (none: the photo alone)."""
+
+    reconstruction: ReconstructResult
+    rgb: np.ndarray
+    labels: Sequence[PseudoLabel] = ()
 
 
 @dataclasses.dataclass
@@ -197,7 +209,7 @@ class _Problem:
     read: Tensor  # [N] bool: Gaussians whose colour reconstruction read from the photo
 
 
-class FittingOperator:
+class FittingOperator(BodyOperator):
     """``op(items) -> list[FitOutcome]`` for (ReconstructResult, photo rgb [H, W, 3] uint8,
     pseudo-labels) triples, batched over avatars.
 
@@ -210,15 +222,12 @@ class FittingOperator:
     PARAMS = ("offset", "rotation", "log_scale", "opacity_logit", "color")
     LR_FACTORS: ClassVar[dict[str, float]] = {"offset": 0.1, "rotation": 1.0, "log_scale": 0.5, "opacity_logit": 5.0, "color": 2.0}
 
+    config_class = FitConfig
+
     def __init__(self, config: FitConfig, body: BodyModel) -> None:
-        self.config = config
-        self.body = body
+        super().__init__(config, body)
         labels = body_parts(body).of_faces(body.faces)
         self.face_parts, self.face_sides = labels.part, labels.side
-
-    def check_health(self) -> None:
-        """Raise if the operator cannot serve (a forward pass of its body must work)."""
-        self.body.check_health()
 
     def view_weights(self, avatar: GaussianAvatar, vertices: Tensor, frames: Tensor, camera: Cameras) -> tuple[Tensor, Tensor]:
         """How much one view's loss may move each Gaussian: [N] its colour (0 where the posed
@@ -247,8 +256,8 @@ class FittingOperator:
         reach = grown(zbuffer.frags.mask.float(), self.config.body_reach) > 0.5
         return visible.float() * ((facing - lo) / (hi - lo)).clamp(0, 1), outline.float(), reach
 
-    def __call__(self, items: Sequence[tuple[ReconstructResult, object, Sequence[PseudoLabel]]]) -> list[FitOutcome]:
-        problems = [self._problem(rec, rgb, list(labels)) for rec, rgb, labels in items]
+    def __call__(self, items: Sequence[FitInput]) -> list[FitOutcome]:
+        problems = [self._problem(item.reconstruction, item.rgb, list(item.labels)) for item in items]
         if not problems:
             return []
         cfg, body = self.config, self.body

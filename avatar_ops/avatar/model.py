@@ -8,14 +8,14 @@ skinning of its vertices) moves and turns the triangles, and the Gaussians with 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 from torch import Tensor
 
 from avatar_ops.body.base import BodyModel
 from avatar_ops.body.rotations import matrix_to_quaternion, quaternion_to_matrix
-from avatar_ops.render.gaussians import Cameras, Render, rasterize
+from avatar_ops.render.camera import Cameras
+from avatar_ops.render.gaussians import Render, rasterize
 
 # Avatars render with gsplat's anti-aliased mode: a Gaussian seen edge-on (the body's outline)
 # covers only as much as it would without the low-pass filter, so outlines stay as tight as the
@@ -135,32 +135,3 @@ class GaussianAvatar:
     def source_camera(self, scale: float = 1.0) -> Cameras:
         """The photo's camera (at the origin), images ``scale`` times the photo's size."""
         return Cameras(torch.eye(4, device=self.source_K.device)[None], self.source_K[None].clone(), self.width, self.height).scaled(scale)
-
-
-def look_at(eye: Tensor, target: Tensor, up: Tensor | None = None) -> Tensor:
-    """[3] camera position and target -> [4, 4] world-to-camera (OpenCV axes, world y up)."""
-    up = torch.tensor([0.0, 1.0, 0.0], dtype=eye.dtype, device=eye.device) if up is None else up
-    forward = (target - eye) / (target - eye).norm()
-    right = torch.linalg.cross(forward, up, dim=-1)
-    right = right / right.norm().clamp(min=1e-9)
-    down = torch.linalg.cross(forward, right, dim=-1)
-    rot = torch.stack([right, down, forward])
-    view = torch.eye(4, dtype=eye.dtype, device=eye.device)
-    view[:3, :3] = rot
-    view[:3, 3] = -rot @ eye
-    return view
-
-
-def orbit_cameras(n_views: int, target: Tensor, distance: float, elevation_deg: float, size: int, fov_deg: float = 40.0, start_deg: float = 0.0) -> Cameras:
-    """``n_views`` cameras on a circle around ``target`` (world y up), the first in front (+z)."""
-    if n_views < 1:
-        raise ValueError(f"`n_views` must be >= 1, got {n_views}.")
-    views = []
-    elev = math.radians(elevation_deg)
-    for i in range(n_views):
-        azim = math.radians(start_deg) + 2 * math.pi * i / n_views
-        offset = torch.tensor([math.sin(azim) * math.cos(elev), math.sin(elev), math.cos(azim) * math.cos(elev)], dtype=target.dtype) * distance
-        views.append(look_at(target + offset, target))
-    f = 0.5 * size / math.tan(math.radians(fov_deg) / 2)
-    k = torch.tensor([[f, 0.0, size / 2], [0.0, f, size / 2], [0.0, 0.0, 1.0]], dtype=target.dtype)
-    return Cameras(torch.stack(views), k.expand(n_views, 3, 3).clone(), size, size)

@@ -37,10 +37,10 @@ from avatar_ops.avatar.completion import (
 from avatar_ops.avatar.limits import PartLimits
 from avatar_ops.avatar.model import GaussianAvatar, triangle_frames
 from avatar_ops.avatar.visibility import MeshView, mesh_view, vertex_normals
-from avatar_ops.body.base import BodyModel
+from avatar_ops.body.base import BodyModel, BodyOperator
 from avatar_ops.body.parts import Part, body_parts, head_regions
+from avatar_ops.render.camera import project
 from avatar_ops.tracking.operator import TrackResult
-from avatar_ops.tracking.smplify import project
 from avatar_ops.types import FrozenConfig, Rejected
 
 MIN_SEEN = 10  # fewer seen Gaussians than this rejects the photo
@@ -65,6 +65,14 @@ class ReconstructConfig(FrozenConfig):
     thickness: float = Field(0.1, gt=0, le=1, description="Scale along the normal as a fraction of the in-surface scale.")
     inward: float = Field(0.4, ge=0, le=1, description="Gaussians sit this many in-surface scales below the surface, so their footprints end where the surface does (outlines from every side as tight as the body's).")
     seed: int = Field(0, description="Seeds the surface sampling.")
+
+
+@dataclasses.dataclass
+class ReconstructInput:
+    """One photo to build an avatar from: its ``track`` and its pixels ``rgb`` [H, W, 3] uint8."""
+
+    track: TrackResult
+    rgb: np.ndarray
 
 
 @dataclasses.dataclass
@@ -166,22 +174,20 @@ def _sample_image(image: Tensor, uv: Tensor) -> Tensor:
     return out[0, :, 0].T
 
 
-class ReconstructionOperator:
-    """``op(items) -> list[ReconstructResult | Rejected]`` for (TrackResult, rgb [H, W, 3] uint8) pairs."""
+class ReconstructionOperator(BodyOperator):
+    """``op(items: Sequence[ReconstructInput]) -> list[ReconstructResult | Rejected]``, one per item, in order."""
+
+    config_class = ReconstructConfig
 
     def __init__(self, config: ReconstructConfig, body: BodyModel) -> None:
-        self.config = config
-        self.body = body
+        super().__init__(config, body)
         self.parts = body_parts(body)
         self.face_parts = self.parts.of_faces(body.faces)
 
-    def check_health(self) -> None:
-        """Raise if the operator cannot serve (a forward pass of its body must work)."""
-        self.body.check_health()
-
-    def __call__(self, items: Sequence[tuple[TrackResult, np.ndarray]]) -> list[ReconstructResult | Rejected]:
+    def __call__(self, items: Sequence[ReconstructInput]) -> list[ReconstructResult | Rejected]:
         out: list[ReconstructResult | Rejected] = []
-        for track, rgb in items:
+        for item in items:
+            track, rgb = item.track, item.rgb
             if track.body_model != self.body.name:
                 raise ValueError(f"Tracking used the {track.body_model!r} body but this operator has {self.body.name!r}.")
             if rgb.shape[:2] != (track.height, track.width):

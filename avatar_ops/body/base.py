@@ -147,3 +147,28 @@ class BodyModel(nn.Module, abc.ABC):
 def zero_pose(batch_size: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
     """[B, 55, 3] the SMPL-X zero pose (T-pose)."""
     return torch.zeros(batch_size, NUM_POSE_JOINTS, 3, device=device, dtype=dtype)
+
+
+class BodyOperator:
+    """What every operator shares: its ``config``, the ``body`` model it runs on, the way an
+    adapter builds it (:meth:`from_config`) and the health check adapters run before serving.
+    Subclasses name their ``config_class``; those that load more (a detector, diffusion weights)
+    or can build their own body extend :meth:`from_config`."""
+
+    config_class: type
+
+    def __init__(self, config, body: BodyModel) -> None:
+        self.config = config
+        self.body = body
+
+    @classmethod
+    def from_config(cls, config=None, *, body: BodyModel | None = None):
+        """The operator for ``config`` (its defaults when None) on ``body`` (built once per actor or
+        replica and shared by its stages)."""
+        if body is None:
+            raise ValueError(f"{cls.__name__}.from_config needs `body`: its config does not say which body model to build.")
+        return cls(cls.config_class() if config is None else config, body)
+
+    def check_health(self) -> None:
+        """Raise if the operator cannot serve (a forward pass of its body must work)."""
+        self.body.check_health()

@@ -18,50 +18,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from avatar_ops.render.camera import Cameras
+
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
 GSPLAT_TILE = 16  # default tile sizes (pixels per side) of the two backends
 TORCH_TILE = 4
-
-
-@dataclasses.dataclass
-class Cameras:
-    """Pinhole cameras with OpenCV axes (x right, y down, z forward).
-
-    Attributes:
-        viewmats: [C, 4, 4] world-to-camera transforms.
-        Ks: [C, 3, 3] intrinsics in pixels.
-        width, height: image size shared by all cameras.
-    """
-
-    viewmats: Tensor
-    Ks: Tensor
-    width: int
-    height: int
-
-    def __post_init__(self) -> None:
-        if self.viewmats.ndim != 3 or self.viewmats.shape[1:] != (4, 4):
-            raise ValueError(f"`viewmats` must be [C, 4, 4], got {tuple(self.viewmats.shape)}.")
-        if self.Ks.shape != (self.viewmats.shape[0], 3, 3):
-            raise ValueError(f"`Ks` must be [C, 3, 3] = [{self.viewmats.shape[0]}, 3, 3], got {tuple(self.Ks.shape)}.")
-        if self.width < 1 or self.height < 1:
-            raise ValueError(f"`width` and `height` must be >= 1, got {self.width}x{self.height}.")
-
-    def __len__(self) -> int:
-        return int(self.viewmats.shape[0])
-
-    def to(self, device) -> Cameras:
-        return Cameras(self.viewmats.to(device), self.Ks.to(device), self.width, self.height)
-
-    def scaled(self, factor: float) -> Cameras:
-        """The same cameras rendering images ``factor`` times the size."""
-        ks = self.Ks.clone()
-        ks[:, :2] *= factor
-        return Cameras(self.viewmats, ks, max(1, round(self.width * factor)), max(1, round(self.height * factor)))
-
-    def __getitem__(self, index) -> Cameras:
-        return Cameras(self.viewmats[index], self.Ks[index], self.width, self.height)
 
 
 @dataclasses.dataclass

@@ -17,11 +17,12 @@ import torch
 from torch import Tensor
 
 from avatar_ops.avatar.animate import canonical_pose
-from avatar_ops.avatar.model import GaussianAvatar, look_at, orbit_cameras
+from avatar_ops.avatar.model import GaussianAvatar
 from avatar_ops.body.base import BodyModel
 from avatar_ops.body.rotations import quaternion_to_matrix
 from avatar_ops.motion import Motion
-from avatar_ops.render.gaussians import Cameras, rasterize
+from avatar_ops.render.camera import Cameras, look_at, orbit_cameras
+from avatar_ops.render.gaussians import rasterize
 from avatar_ops.types import SynthesisKind
 
 

@@ -21,8 +21,8 @@ from torch import Tensor
 
 from avatar_ops.avatar.fit import PseudoLabel
 from avatar_ops.avatar.model import GaussianAvatar
-from avatar_ops.body.base import BodyModel
-from avatar_ops.render.gaussians import Cameras
+from avatar_ops.body.base import BodyModel, BodyOperator
+from avatar_ops.render.camera import Cameras
 from avatar_ops.synthesis.hints import Hints, pose_targets, render_hints, view_targets
 from avatar_ops.types import SYNTHESIS_KINDS, FrozenConfig
 
@@ -72,6 +72,16 @@ class SynthesisConfig(FrozenConfig):
     background: float = Field(1.0, ge=0, le=1, description="Grey level behind the avatar in the hints.")
     view: ViewModeConfig = Field(default_factory=ViewModeConfig, description="View synthesis settings.")
     pose: PoseModeConfig = Field(default_factory=PoseModeConfig, description="Pose synthesis settings.")
+
+
+@dataclasses.dataclass
+class SynthesisInput:
+    """One avatar to synthesize pseudo-labels of: the ``avatar``, its ``photo`` [H, W, 3] uint8
+    (the diffusion model's conditioning) and the ``modes`` (``view``, ``pose``, ``both`` or a list)."""
+
+    avatar: GaussianAvatar
+    photo: np.ndarray
+    modes: str | Sequence[str] = "both"
 
 
 @dataclasses.dataclass
@@ -130,18 +140,22 @@ def parse_modes(value: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(m for m in MODES if m in chosen)
 
 
-class SynthesisOperator:
-    """``op(items) -> list[SynthesisResult]`` for (avatar, photo rgb [H, W, 3] uint8, modes)."""
+class SynthesisOperator(BodyOperator):
+    """``op(items: Sequence[SynthesisInput]) -> list[SynthesisResult]``, one per item, in order."""
+
+    config_class = SynthesisConfig
 
     def __init__(self, config: SynthesisConfig, body: BodyModel, pipelines: dict[str, object] | None = None) -> None:
         """``pipelines`` maps each mode to a loaded pipeline (or None: pass-through)."""
-        self.config = config
-        self.body = body
+        super().__init__(config, body)
         self.pipelines = {mode: (pipelines or {}).get(mode) for mode in MODES}
 
     @classmethod
-    def from_config(cls, config: SynthesisConfig, body: BodyModel) -> SynthesisOperator:
+    def from_config(cls, config: SynthesisConfig | None = None, *, body: BodyModel | None = None) -> SynthesisOperator:
         """Load each mode's weights once (modes naming the same folder share one pipeline)."""
+        if body is None:
+            raise ValueError("SynthesisOperator.from_config needs `body`: its config does not say which body model to build.")
+        config = SynthesisConfig() if config is None else config
         from avatar_ops.body import resolve_device
         from avatar_ops.synthesis.diffusion import load_pipeline, resolve_dtype
 
@@ -159,9 +173,6 @@ class SynthesisOperator:
             pipelines[mode] = loaded[uri]
         return cls(config, body, pipelines)
 
-    def check_health(self) -> None:
-        self.body.check_health()
-
     def targets(self, avatar: GaussianAvatar, mode: str) -> tuple[Tensor, Tensor, Cameras]:
         cfg = self.config
         if mode == "view":
@@ -170,8 +181,8 @@ class SynthesisOperator:
 
         return pose_targets(avatar, self.body, load_motion(cfg.pose.clip), cfg.size, cfg.pose.num_frames, cfg.pose.camera)
 
-    def __call__(self, items: Sequence[tuple[GaussianAvatar, np.ndarray, str | Sequence[str]]]) -> list[SynthesisResult]:
-        return [self._one(avatar, photo, parse_modes(modes)) for avatar, photo, modes in items]
+    def __call__(self, items: Sequence[SynthesisInput]) -> list[SynthesisResult]:
+        return [self._one(item.avatar, item.photo, parse_modes(item.modes)) for item in items]
 
     def _one(self, avatar: GaussianAvatar, photo: np.ndarray, modes: tuple[str, ...]) -> SynthesisResult:
         from avatar_ops.synthesis.diffusion import refine_frames

@@ -10,12 +10,14 @@ import torch
 from pydantic import Field
 
 from avatar_ops.body import BodyModel, BodyModelConfig, build_body_model, resolve_device
-from avatar_ops.body.base import KEYPOINT_NAMES
+from avatar_ops.body.base import KEYPOINT_NAMES, BodyOperator
 from avatar_ops.io.image import DecodedImage
+from avatar_ops.render.camera import project
+from avatar_ops.render.mesh import rasterize_silhouette
 from avatar_ops.tracking.detector import DetectorConfig, MediaPipeDetector
 from avatar_ops.tracking.keypoints import main_subject
-from avatar_ops.tracking.overlay import mask_iou, rasterize_silhouette, resize_mask
-from avatar_ops.tracking.smplify import BodyFitConfig, FitTarget, fit_bodies, project
+from avatar_ops.tracking.overlay import mask_iou, resize_mask
+from avatar_ops.tracking.smplify import BodyFitConfig, FitTarget, fit_bodies
 from avatar_ops.types import FrozenConfig, Rejected
 
 
@@ -102,25 +104,22 @@ class TrackResult:
         )  # fmt: skip
 
 
-class TrackingOperator:
+class TrackingOperator(BodyOperator):
     """``op(items) -> list[TrackResult | Rejected]``, one result per input, in order."""
 
+    config_class = TrackingConfig
+
     def __init__(self, config: TrackingConfig, body: BodyModel, detector: MediaPipeDetector | None) -> None:
-        self.config = config
-        self.body = body
+        super().__init__(config, body)
         self.detector = detector
 
     @classmethod
-    def from_config(cls, config: TrackingConfig | None = None, body: BodyModel | None = None) -> TrackingOperator:
+    def from_config(cls, config: TrackingConfig | None = None, *, body: BodyModel | None = None) -> TrackingOperator:
         """Build the body model (unless one built from the same config is given) and the detector
         once (per actor or replica)."""
         config = config or TrackingConfig()
         body = build_body_model(config.body, resolve_device(config.device)) if body is None else body
         return cls(config, body, MediaPipeDetector(config.detector))
-
-    def check_health(self) -> None:
-        """Raise if the operator cannot serve (a forward pass of its body must work)."""
-        self.body.check_health()
 
     def _prepare(self, item: TrackInput) -> FitTarget | Rejected:
         image = item.image

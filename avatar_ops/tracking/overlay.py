@@ -1,4 +1,4 @@
-"""Silhouettes of a projected mesh, mask IoU, and the overlay picture people look at."""
+"""Mask IoU and the overlay picture people look at (silhouettes come from :mod:`avatar_ops.render.mesh`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from avatar_ops.body.base import KEYPOINT_NAMES
+from avatar_ops.render.mesh import rasterize_silhouette
 
 _SKELETON = [
     ("left_shoulder", "right_shoulder"), ("left_shoulder", "left_elbow"), ("left_elbow", "left_wrist"),
@@ -15,53 +16,6 @@ _SKELETON = [
     ("nose", "left_eye"), ("nose", "right_eye"), ("left_eye", "left_ear"), ("right_eye", "right_ear"),
     ("left_ankle", "left_heel"), ("left_ankle", "left_big_toe"), ("right_ankle", "right_heel"), ("right_ankle", "right_big_toe"),
 ]  # fmt: skip
-
-
-_WINDOW = 4  # triangles spanning at most this many pixels are rasterised vectorised
-
-
-def rasterize_silhouette(uv: np.ndarray, faces: np.ndarray, width: int, height: int, max_side: int = 256) -> np.ndarray:
-    """Fill the projected triangles.
-
-    Args:
-        uv: [V, 2] projected vertices (pixels).
-        faces: [F, 3] triangle vertex indices.
-        width, height: the image size.
-        max_side: the mask is drawn at this longer side, then returned at that reduced size.
-
-    Returns:
-        [h, w] bool silhouette at the reduced size (``scale = max_side / max(width, height)``).
-    """
-    scale = min(1.0, max_side / max(width, height))
-    w, h = max(1, round(width * scale)), max(1, round(height * scale))
-    tri = uv[faces].astype(np.float64) * scale  # [F, 3, 2]
-    lo = np.floor(tri.min(1) - 0.5).astype(np.int64) + 1  # first pixel whose centre may be inside
-    hi = np.floor(tri.max(1) - 0.5).astype(np.int64)
-    size = (hi - lo).max(1) + 1
-    small = size <= _WINDOW
-    out = np.zeros((h, w), bool)
-    # Small triangles (nearly all of a body mesh): test the pixel centres of a fixed window at once.
-    t, base = tri[small], lo[small]
-    off = np.stack(np.meshgrid(np.arange(_WINDOW), np.arange(_WINDOW), indexing="xy"), -1).reshape(-1, 2)
-    px = base[:, None, :] + off[None]  # [F, W*W, 2]
-    centre = px + 0.5
-    a, b, c = t[:, None, 0], t[:, None, 1], t[:, None, 2]
-
-    def edge(p, q):
-        return (q[..., 0] - p[..., 0]) * (centre[..., 1] - p[..., 1]) - (q[..., 1] - p[..., 1]) * (centre[..., 0] - p[..., 0])
-
-    e0, e1, e2 = edge(a, b), edge(b, c), edge(c, a)
-    inside = ((e0 >= 0) & (e1 >= 0) & (e2 >= 0)) | ((e0 <= 0) & (e1 <= 0) & (e2 <= 0))
-    inside &= (px[..., 0] >= 0) & (px[..., 0] < w) & (px[..., 1] >= 0) & (px[..., 1] < h)
-    out[px[inside][:, 1], px[inside][:, 0]] = True
-    # The few large ones: polygon fill.
-    if (~small).any():
-        canvas = Image.new("L", (w, h), 0)
-        draw = ImageDraw.Draw(canvas)
-        for poly in tri[~small].reshape(-1, 6).tolist():
-            draw.polygon(poly, fill=255)
-        out |= np.asarray(canvas) > 0
-    return out
 
 
 def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -21,6 +21,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from avatar_ops.body.base import KEYPOINT_NAMES, SMPLX_JOINT_NAMES, BodyModel, zero_pose
+from avatar_ops.render.camera import intrinsics_for, project
 from avatar_ops.types import FrozenConfig
 
 # SMPL-X body joints (1..21) prior weights: stiff spine/collars/feet, free limbs.
@@ -95,18 +96,6 @@ class FitResult:
     transl: Tensor  # [B, 3] metres, camera frame
     intrinsics: Tensor  # [B, 3, 3]
     projected_keypoints: Tensor  # [B, K, 2] pixels
-
-
-def intrinsics_for(width: int, height: int, focal_factor: float) -> np.ndarray:
-    f = focal_factor * max(width, height)
-    return np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], dtype=np.float32)
-
-
-def project(points: Tensor, intrinsics: Tensor) -> Tensor:
-    """[B, N, 3] camera-frame points -> [B, N, 2] pixels."""
-    z = points[..., 2:3].clamp(min=1e-3)
-    uv = points[..., :2] / z
-    return uv * intrinsics[:, None, [0, 1], [0, 1]] + intrinsics[:, None, :2, 2]
 
 
 def _pose_prior_weights(device) -> Tensor:

@@ -14,15 +14,18 @@ import torch
 from PIL import Image
 
 from avatar_ops.avatar.animate import animate, canonical_pose, turntable
-from avatar_ops.avatar.export import avatar_from_bytes, avatar_to_bytes, export_avatar, ply_bytes
-from avatar_ops.avatar.fit import PRESET_SETTINGS, FitConfig, FittingOperator, PseudoLabel
+from avatar_ops.avatar.bundle import avatar_from_bytes, avatar_to_bytes
+from avatar_ops.avatar.export import export_avatar
+from avatar_ops.avatar.fit import PRESET_SETTINGS, FitConfig, FitInput, FittingOperator, PseudoLabel
 from avatar_ops.avatar.limits import PartLimits
-from avatar_ops.avatar.model import orbit_cameras, triangle_frames
-from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructionOperator, ReconstructResult
+from avatar_ops.avatar.model import triangle_frames
+from avatar_ops.avatar.ply import ply_bytes
+from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructInput, ReconstructionOperator, ReconstructResult
 from avatar_ops.body.base import SMPLX_JOINT_NAMES
 from avatar_ops.body.parts import PART_NAMES, Part, body_parts
 from avatar_ops.io.image import decode_image
 from avatar_ops.motion import bundled_clips, load_motion
+from avatar_ops.render.camera import orbit_cameras
 from avatar_ops.tracking.operator import TrackInput
 
 PHOTOS = ["man_hoodie_masked.png", "woman_dress_fullbody.jpg", "elder_fruit_halfbody.jpg"]
@@ -38,14 +41,14 @@ def tracked(tracker, samples_dir):
 @pytest.fixture(scope="module")
 def reconstructed(tracked, anny_body):
     op = ReconstructionOperator(ReconstructConfig(num_gaussians=PRESET_SETTINGS["preview"]["num_gaussians"]), anny_body)
-    return dict(zip(PHOTOS, op([tracked[name] for name in PHOTOS])))
+    return dict(zip(PHOTOS, op([ReconstructInput(*tracked[name]) for name in PHOTOS])))
 
 
 @pytest.fixture(scope="module")
 def fitted_all(reconstructed, tracked, anny_body):
     """Every sample fitted at the `preview` preset as shipped (its resolution and iterations)."""
     op = FittingOperator(FitConfig(preset="preview"), anny_body)
-    return dict(zip(PHOTOS, op([(reconstructed[name], tracked[name][1], []) for name in PHOTOS])))
+    return dict(zip(PHOTOS, op([FitInput(reconstructed[name], tracked[name][1]) for name in PHOTOS])))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +68,7 @@ def test_reconstruction_covers_the_person(reconstructed, name):
 
 def test_clothing_push_out_is_what_covers_the_dress(tracked, anny_body, reconstructed):
     no_push = PartLimits(max_offset={name: 0.0 for name in PART_NAMES})
-    flat = ReconstructionOperator(ReconstructConfig(num_gaussians=PRESET_SETTINGS["preview"]["num_gaussians"], limits=no_push), anny_body)([tracked[PHOTOS[1]]])[0]
+    flat = ReconstructionOperator(ReconstructConfig(num_gaussians=PRESET_SETTINGS["preview"]["num_gaussians"], limits=no_push), anny_body)([ReconstructInput(*tracked[PHOTOS[1]])])[0]
     pushed = reconstructed[PHOTOS[1]]
     assert pushed.quality["mask_coverage"] > flat.quality["mask_coverage"] + 0.03, (pushed.quality, flat.quality)
     assert flat.quality["pushed_fraction"] == 0.0
@@ -225,8 +228,7 @@ def test_the_animations_hands_are_skin(fitted_all, tracked, anny_body, name):
     frames = animate(avatar, anny_body, dataclasses.replace(motion, pose=motion.pose[picks], transl=motion.transl[picks]), size=256)
     pose = motion.pose[picks].clone()
     pose[:, 25:] = avatar.source_pose[25:]
-    from avatar_ops.avatar.model import orbit_cameras
-    from avatar_ops.render.gaussians import Cameras
+    from avatar_ops.render.camera import Cameras
 
     for frame, p, t in zip(frames, pose, motion.transl[picks]):
         with torch.no_grad():
@@ -264,8 +266,8 @@ def test_fitting_uses_pseudo_label_views(reconstructed, tracked, anny_body):
     red[..., 0] = 1.0
     label = PseudoLabel(image=red, mask=target.alpha[0, ..., 0], camera=cams, pose=pose[0], transl=torch.zeros(3), weight=1.0)
     op = FittingOperator(FitConfig(iters=10, resolution=64), anny_body)
-    with_label = op([(rec, tracked[PHOTOS[0]][1], [label])])[0]
-    without = op([(rec, tracked[PHOTOS[0]][1], [])])[0]
+    with_label = op([FitInput(rec, tracked[PHOTOS[0]][1], [label])])[0]
+    without = op([FitInput(rec, tracked[PHOTOS[0]][1])])[0]
     assert with_label.quality["pseudo_labels"] == 1.0
     redness = lambda a: float((a.color[:, 0] - a.color[:, 1:].mean(1)).mean())
     assert redness(with_label.avatar) > redness(without.avatar) + 0.02
@@ -275,7 +277,7 @@ def test_a_batch_of_avatars_fits_as_each_would_alone(reconstructed, tracked, ann
     """The fitting operator optimises its batch together (one body pass, one rasteriser call per
     step; on CUDA one gsplat call): each avatar must come out as it would fitted on its own."""
     op = FittingOperator(FitConfig(iters=5, resolution=64), anny_body)
-    items = [(reconstructed[name], tracked[name][1], []) for name in PHOTOS[:2]]
+    items = [FitInput(reconstructed[name], tracked[name][1]) for name in PHOTOS[:2]]
     together = op(items)
     for item, got in zip(items, together):
         alone = op([item])[0]
@@ -288,7 +290,7 @@ def test_a_batch_of_avatars_fits_as_each_would_alone(reconstructed, tracked, ann
     rec = reconstructed[PHOTOS[0]]
     other_body = dataclasses.replace(rec, avatar=dataclasses.replace(rec.avatar, body_model="smplx"))
     with pytest.raises(ValueError, match="built on the 'smplx' body, got a 'anny' body"):
-        op([(other_body, tracked[PHOTOS[0]][1], [])])
+        op([FitInput(other_body, tracked[PHOTOS[0]][1])])
 
 
 def test_export_bundle_ply_and_previews(fitted, anny_body, tmp_path):

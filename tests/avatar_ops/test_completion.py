@@ -13,10 +13,10 @@ import torch
 from scipy import ndimage
 from skimage.color import deltaE_cie76, rgb2lab
 
-from avatar_ops.avatar.fit import FitConfig, FittingOperator
+from avatar_ops.avatar.fit import FitConfig, FitInput, FittingOperator
 from avatar_ops.avatar.limits import PartLimits
 from avatar_ops.avatar.model import body_surface
-from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructionOperator, ReconstructResult
+from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructInput, ReconstructionOperator, ReconstructResult
 from avatar_ops.body.parts import PART_NAMES, Part, body_parts
 from tests.synthetic_people import HAIR, PALETTE, PRINT, SHIRT, SHOES, SKIN, TROUSERS, painted, photograph
 
@@ -42,7 +42,7 @@ def reconstructor(anny_body):
 
 @pytest.fixture(scope="module")
 def rebuilt(photo, reconstructor) -> ReconstructResult:
-    rec = reconstructor([(photo.track, photo.rgb)])[0]
+    rec = reconstructor([ReconstructInput(photo.track, photo.rgb)])[0]
     assert isinstance(rec, ReconstructResult), rec
     return rec
 
@@ -84,7 +84,7 @@ def test_a_striped_print_stays_on_the_front(anny_body, reconstructor):
     colours[chest & stripe] = torch.tensor(PRINT)
     colours[chest & ~stripe] = torch.tensor(WHITE)
     shot = photograph(anny_body, colours)
-    rec = reconstructor([(shot.track, shot.rgb)])[0]
+    rec = reconstructor([ReconstructInput(shot.track, shot.rgb)])[0]
     points, normal, gpart = surface_frame(rec.avatar, anny_body, shot.rest)
     back = (normal[:, 2] < -0.5) & ~rec.seen & (gpart == Part.TORSO) & (points[:, 1] > 0.1)
     assert back.sum() > 100
@@ -128,8 +128,8 @@ def test_no_gaussian_takes_the_background_colour(anny_body, reconstructor, bleed
     shot = photograph(anny_body, colours, background=(1.0, 0.0, 1.0), pose=pose)
     bleeding = ndimage.binary_dilation(shot.mask, iterations=bleed) if bleed else shot.mask
     track = dataclasses.replace(shot.track, mask=bleeding)
-    rec = reconstructor([(track, shot.rgb)])[0]
-    fitted = FittingOperator(FitConfig(iters=15, resolution=128), anny_body)([(rec, shot.rgb, [])])[0].avatar
+    rec = reconstructor([ReconstructInput(track, shot.rgb)])[0]
+    fitted = FittingOperator(FitConfig(iters=15, resolution=128), anny_body)([FitInput(rec, shot.rgb)])[0].avatar
     for avatar in (rec.avatar, fitted):
         share = background_share(avatar.color, torch.tensor(PALETTE), torch.tensor([1.0, 0.0, 1.0]))
         # A fitted colour may overshoot a blend of two garments a little (it compensates for its
@@ -155,7 +155,7 @@ def background_share(colours: torch.Tensor, palette: torch.Tensor, background: t
 
 def test_a_gaussian_no_view_sees_keeps_its_completion_through_the_fit(rebuilt, photo, anny_body):
     op = FittingOperator(FitConfig(iters=10, resolution=128), anny_body)
-    fitted = op([(rebuilt, photo.rgb, [])])[0].avatar
+    fitted = op([FitInput(rebuilt, photo.rgb)])[0].avatar
     start = rebuilt.avatar
     vertices, frames = body_surface(anny_body, start.shape[None], start.source_pose[None], start.source_transl[None])
     camera = start.source_camera(128 / max(start.width, start.height))
@@ -194,7 +194,7 @@ def assert_within_limits(avatar, body, limits: PartLimits) -> None:
 def test_reconstruction_and_fit_keep_every_gaussian_within_its_limits(rebuilt, photo, anny_body):
     limits = PartLimits()
     assert_within_limits(rebuilt.avatar, anny_body, limits)
-    fitted = FittingOperator(FitConfig(iters=15, resolution=128), anny_body)([(rebuilt, photo.rgb, [])])[0].avatar
+    fitted = FittingOperator(FitConfig(iters=15, resolution=128), anny_body)([FitInput(rebuilt, photo.rgb)])[0].avatar
     assert_within_limits(fitted, anny_body, limits)
 
 
@@ -211,7 +211,7 @@ def test_legs_out_of_frame_get_a_plain_lower_body_and_the_row_says_so(anny_body,
     hips = int(photo.track.keypoints[[11, 12], 1].mean()) + 25
     rgb, mask = photo.rgb[:hips], photo.mask[:hips]
     track = dataclasses.replace(photo.track, height=hips, mask=mask)
-    rec = reconstructor([(track, np.ascontiguousarray(rgb))])[0]
+    rec = reconstructor([ReconstructInput(track, np.ascontiguousarray(rgb))])[0]
     assert isinstance(rec, ReconstructResult), rec
     avatar = rec.avatar
     _, _, part = surface_frame(avatar, anny_body, photo.rest)

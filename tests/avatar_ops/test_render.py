@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avatar_ops.render.gaussians import Cameras, Render, crop_renders, rasterize, rasterize_many, stack_scenes
+from avatar_ops.render.camera import Cameras
+from avatar_ops.render.gaussians import Render, crop_renders, rasterize, rasterize_many, stack_scenes
 
 
 def _scene(n: int = 60, seed: int = 0, sh: bool = False):

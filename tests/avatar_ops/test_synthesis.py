@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructionOperator
+from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructInput, ReconstructionOperator
 from avatar_ops.io.image import decode_image
 from avatar_ops.synthesis.diffusion import SynthesisModelError, load_pipeline, vae_round_trip
-from avatar_ops.synthesis.operator import PoseModeConfig, SynthesisConfig, SynthesisOperator, ViewModeConfig, parse_modes
+from avatar_ops.synthesis.operator import PoseModeConfig, SynthesisConfig, SynthesisInput, SynthesisOperator, ViewModeConfig, parse_modes
 from avatar_ops.synthesis.windows import blend_windows, window_starts
 from avatar_ops.tracking.operator import TrackInput
 
@@ -24,7 +24,7 @@ SMALL = {"size": 32, "view": ViewModeConfig(num_frames=3, steps=3, window=4), "p
 
 @pytest.fixture(scope="module")
 def tiny_svd(tmp_path_factory):
-    from tests.svd_tiny import make_tiny_svd
+    from avatar_ops.synthesis.tiny_svd import make_tiny_svd
 
     return make_tiny_svd(tmp_path_factory.mktemp("svd") / "tiny-svd")
 
@@ -33,13 +33,13 @@ def tiny_svd(tmp_path_factory):
 def photo_and_avatar(tracker, anny_body, samples_dir):
     image = decode_image((samples_dir / "man_hoodie_masked.png").read_bytes())
     track = tracker([TrackInput(image)])[0]
-    rec = ReconstructionOperator(ReconstructConfig(num_gaussians=1500), anny_body)([(track, image.rgb)])[0]
+    rec = ReconstructionOperator(ReconstructConfig(num_gaussians=1500), anny_body)([ReconstructInput(track, image.rgb)])[0]
     return image.rgb, rec
 
 
 @pytest.fixture(scope="module")
 def operator(tiny_svd, anny_body):
-    return SynthesisOperator.from_config(SynthesisConfig(model=str(tiny_svd), device="cpu", **SMALL), anny_body)
+    return SynthesisOperator.from_config(SynthesisConfig(model=str(tiny_svd), device="cpu", **SMALL), body=anny_body)
 
 
 def test_view_and_pose_hints(anny_body, photo_and_avatar):
@@ -105,18 +105,18 @@ def test_strength_seed_and_vae_round_trip(operator, photo_and_avatar):
     avatar = rec.avatar
     pipe = operator.pipelines["view"]
     assert type(pipe).__name__ == "StableVideoDiffusionPipeline"
-    hints_run = operator([(avatar, rgb, "view")])[0]
+    hints_run = operator([SynthesisInput(avatar, rgb, "view")])[0]
     hints = hints_run.hints["view"]
     zero = SynthesisOperator(SynthesisConfig(model="unused", device="cpu", **{**SMALL, "view": SMALL["view"].model_copy(update={"strength": 0.0})}), operator.body, operator.pipelines)
-    at_zero = zero([(avatar, rgb, "view")])[0].frames
+    at_zero = zero([SynthesisInput(avatar, rgb, "view")])[0].frames
     # Strength 0: the hints through the VAE and back, nothing else (the round trip measured here).
     round_trip = vae_round_trip(pipe, hints.rgb, operator.config.decode_chunk_size)
     torch.testing.assert_close(at_zero, round_trip, atol=1e-5, rtol=0)
     # Strength > 0 changes them; the same seed repeats them exactly; another seed does not.
     assert (hints_run.frames - round_trip).abs().mean() > 1e-3
-    again = operator([(avatar, rgb, "view")])[0].frames
+    again = operator([SynthesisInput(avatar, rgb, "view")])[0].frames
     torch.testing.assert_close(again, hints_run.frames, atol=0, rtol=0)
-    other = SynthesisOperator(operator.config.model_copy(update={"seed": 1}), operator.body, operator.pipelines)([(avatar, rgb, "view")])[0].frames
+    other = SynthesisOperator(operator.config.model_copy(update={"seed": 1}), operator.body, operator.pipelines)([SynthesisInput(avatar, rgb, "view")])[0].frames
     assert (other - hints_run.frames).abs().mean() > 1e-4
 
 
@@ -125,7 +125,7 @@ def test_modes_give_the_right_frames_cameras_and_poses(operator, photo_and_avata
     assert parse_modes("both") == ("view", "pose") and parse_modes(["pose"]) == ("pose",)
     with pytest.raises(ValueError, match="view.*pose.*both"):
         parse_modes("sideways")
-    result = operator([(rec.avatar, rgb, "both")])[0]
+    result = operator([SynthesisInput(rec.avatar, rgb, "both")])[0]
     n_view, n_pose = SMALL["view"].num_frames, SMALL["pose"].num_frames
     assert result.refined and result.modes == ["view"] * n_view + ["pose"] * n_pose
     assert result.frames.shape == (n_view + n_pose, 32, 32, 3)
@@ -135,17 +135,17 @@ def test_modes_give_the_right_frames_cameras_and_poses(operator, photo_and_avata
     assert [label.mode for label in labels] == result.modes
     assert labels[0].weight == SMALL["view"].weight and labels[-1].weight == SMALL["pose"].weight
     assert result.summary() == {"refined": 1.0, "view_frames": float(n_view), "pose_frames": float(n_pose)}
-    only_pose = operator([(rec.avatar, rgb, "pose")])[0]
+    only_pose = operator([SynthesisInput(rec.avatar, rgb, "pose")])[0]
     assert only_pose.modes == ["pose"] * n_pose
     torch.testing.assert_close(only_pose.frames, result.frames[n_view:])  # modes do not disturb each other
 
 
 def test_no_weights_pass_the_hints_through(anny_body, photo_and_avatar):
-    from avatar_ops.pipeline import fit_labels
+    from avatar_ops.stages.stage import fit_labels
 
     rgb, rec = photo_and_avatar
-    op = SynthesisOperator.from_config(SynthesisConfig(device="cpu", **SMALL), anny_body)
-    result = op([(rec.avatar, rgb, "both")])[0]
+    op = SynthesisOperator.from_config(SynthesisConfig(device="cpu", **SMALL), body=anny_body)
+    result = op([SynthesisInput(rec.avatar, rgb, "both")])[0]
     assert result.refined is False and result.summary()["refined"] == 0.0
     torch.testing.assert_close(result.frames[: SMALL["view"].num_frames], result.hints["view"].rgb, atol=0, rtol=0)
     assert fit_labels(result) == []
@@ -176,7 +176,7 @@ def test_broken_weights_fail_at_load_time_naming_the_path(tiny_svd, tmp_path):
 def test_fit_follows_pseudo_labels_inside_their_mask(anny_body, photo_and_avatar):
     """A pseudo-label of the back view painted red pulls the back's colour towards red; outside
     its mask it asks for nothing."""
-    from avatar_ops.avatar.fit import FitConfig, FittingOperator, PseudoLabel
+    from avatar_ops.avatar.fit import FitConfig, FitInput, FittingOperator, PseudoLabel
     from avatar_ops.synthesis.hints import render_hints, view_targets
 
     rgb, rec = photo_and_avatar
@@ -185,7 +185,7 @@ def test_fit_follows_pseudo_labels_inside_their_mask(anny_body, photo_and_avatar
     red = torch.tensor([1.0, 0.0, 0.0]).expand(48, 48, 3).clone()
     label = PseudoLabel(image=red, mask=back.mask[0], camera=cams[1:2], pose=pose[1], transl=transl[1], weight=1.0, mode="view")
     op = FittingOperator(FitConfig(iters=15, resolution=64), anny_body)
-    plain, guided = op([(rec, rgb, []), (rec, rgb, [label])])
+    plain, guided = op([FitInput(rec, rgb), FitInput(rec, rgb, [label])])
 
     def back_colour(avatar):
         out = avatar.render(anny_body, pose[1:], transl[1:], cams[1:2], torch.ones(3))
@@ -199,7 +199,8 @@ def test_fit_follows_pseudo_labels_inside_their_mask(anny_body, photo_and_avatar
 
 def test_whole_chain_on_a_real_photo(tiny_svd, samples_dir, tmp_path):
     """decode -> track -> reconstruct -> synthesize (tiny SVD, both modes) -> fit -> export."""
-    from avatar_ops.pipeline import AvatarPipeline, PipelineConfig
+    from avatar_ops.pipeline import AvatarPipeline
+    from avatar_ops.stages.config import PipelineConfig
 
     config = PipelineConfig.model_validate(
         {
@@ -222,13 +223,13 @@ def test_cuda_half_precision_matches_float32(tiny_svd, anny_body, photo_and_avat
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     rgb, rec = photo_and_avatar
-    gpu = SynthesisOperator.from_config(SynthesisConfig(model=str(tiny_svd), device="cuda", dtype="float16", decode_chunk_size=2, **SMALL), anny_body)
+    gpu = SynthesisOperator.from_config(SynthesisConfig(model=str(tiny_svd), device="cuda", dtype="float16", decode_chunk_size=2, **SMALL), body=anny_body)
     pipe = gpu.pipelines["view"]
     assert pipe.unet.dtype == torch.float16
     assert all(isinstance(p, AttnProcessor2_0) for p in pipe.unet.attn_processors.values())
-    cpu = SynthesisOperator.from_config(SynthesisConfig(model=str(tiny_svd), device="cpu", decode_chunk_size=2, **SMALL), anny_body)
-    a = gpu([(rec.avatar.to("cpu"), rgb, "view")])[0].frames.float().cpu()
-    b = cpu([(rec.avatar, rgb, "view")])[0].frames
+    cpu = SynthesisOperator.from_config(SynthesisConfig(model=str(tiny_svd), device="cpu", decode_chunk_size=2, **SMALL), body=anny_body)
+    a = gpu([SynthesisInput(rec.avatar.to("cpu"), rgb, "view")])[0].frames.float().cpu()
+    b = cpu([SynthesisInput(rec.avatar, rgb, "view")])[0].frames
     assert torch.isfinite(a).all()
     assert (a - b).abs().mean() < 0.05
     assert np.isfinite(a.numpy()).all()

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-#: What jobs/metrics.py records, as Ray exports it (prefix ray_, counters _total, histograms _bucket/_sum/_count).
+#: What avatar_forge/metrics.py records, as Ray exports it (prefix ray_, counters _total, histograms _bucket/_sum/_count).
 PROJECT_METRICS = {
     "ray_avatar_rows_total", "ray_avatar_stage_latency_seconds_bucket", "ray_avatar_stage_latency_seconds_sum",
     "ray_avatar_stage_latency_seconds_count", "ray_avatar_stage_batch_size_bucket", "ray_avatar_stage_rows_in_flight",
@@ -45,8 +45,8 @@ def test_every_query_uses_an_exported_metric():
         assert any(family in name for name in used), family
 
 
-def test_metric_names_match_what_jobs_metrics_declares():
-    source = (REPO / "jobs" / "metrics.py").read_text()
+def test_metric_names_match_what_the_metrics_module_declares():
+    source = (REPO / "avatar_forge" / "metrics.py").read_text()
     declared = set(re.findall(r'_metric\("\w+", "(avatar_\w+)"', source))
     exported = {name.removeprefix("ray_").removesuffix("_total").removesuffix("_bucket").removesuffix("_sum").removesuffix("_count") for name in PROJECT_METRICS}
     assert declared == exported

@@ -17,8 +17,8 @@ import requests
 import yaml
 
 from jobs.config import JobConfig
-from tests.jobs.test_batch import FAST
 from tests.inputs import bad_files
+from tests.jobs.test_batch import FAST
 from tests.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -98,7 +98,7 @@ def folder_run(local_ray, photo_folder, tmp_path_factory):
 
 
 def test_every_input_gets_exactly_one_row_with_its_outcome(folder_run):
-    from avatar_ops.avatar.export import avatar_from_bytes
+    from avatar_ops.avatar.bundle import avatar_from_bytes
 
     folder, expected, out, summary = folder_run
     rows = _read_manifest(str(out / "manifest" / "manifest.parquet"))
@@ -139,10 +139,10 @@ def test_rerun_skips_finished_rows_and_duplicates_nothing(folder_run):
     assert {p: p.stat().st_mtime_ns for p in bundles} == before
 
 
-def test_manifest_input_with_ids_and_a_row_that_raises(local_ray, samples_dir, tmp_path):
+def test_manifest_input_with_ids_and_bad_rows(local_ray, samples_dir, tmp_path):
     """Also the synthesize stage (a tiny SVD pipeline, both modes) between reconstruct and fit."""
+    from avatar_ops.synthesis.tiny_svd import make_tiny_svd
     from jobs.batch import run_job
-    from tests.svd_tiny import make_tiny_svd
 
     photo = str(samples_dir / "man_hoodie_masked.png")
     lines = [
@@ -165,8 +165,8 @@ def test_manifest_input_with_ids_and_a_row_that_raises(local_ray, samples_dir, t
     quality = json.loads(rows["subject-1"]["quality"])
     assert quality["synthesis_refined"] == 1.0 and quality["fit_pseudo_labels"] == 4.0
     assert rows["subject-1"]["seconds_synthesize"] > 0
-    assert rows["subject-2"]["status"] == "failed" and rows["subject-2"]["reason"] == "exception"
-    assert "track" in rows["subject-2"]["detail"]
+    assert (rows["subject-2"]["status"], rows["subject-2"]["reason"]) == ("rejected", "bad_keypoints")
+    assert "keypoints" in rows["subject-2"]["detail"]
     assert (rows["subject-3"]["status"], rows["subject-3"]["reason"]) == ("failed", "not_found")
 
 
@@ -206,7 +206,7 @@ def test_resume_after_the_driver_is_killed(local_ray, samples_dir, tmp_path):
     config = JobConfig.model_validate({**FAST, "stages": {"track": {"batch_size": 1}}})
     config_path.write_text(config.to_yaml())
     driver = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "batch", str(folder), str(out), "--config", str(config_path), "--no-progress"],
+        [sys.executable, "-m", "avatar_forge.cli", "batch", str(folder), str(out), "--config", str(config_path), "--no-progress"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

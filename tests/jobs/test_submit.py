@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.cli import main
+from avatar_forge.cli import main
 from tests.inputs import bad_files
 from tests.net import free_port
 

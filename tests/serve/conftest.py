@@ -38,10 +38,9 @@ def api(tmp_path_factory) -> Api:
     import ray
     from ray import serve
 
+    from avatar_ops.synthesis.tiny_svd import make_tiny_svd
     from serve.app import build_application
     from serve.config import ServeSettings
-
-    from tests.svd_tiny import make_tiny_svd
 
     store = tmp_path_factory.mktemp("avatar-store")
     port = free_port()

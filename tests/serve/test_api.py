@@ -44,7 +44,7 @@ def test_openapi_and_health(api):
     assert "multipart/form-data" in schema["paths"]["/v1/track"]["post"]["requestBody"]["content"]
     assert requests.get(f"{api.base}/healthz", timeout=30).json() == {"status": "ok"}
     ready = requests.get(f"{api.base}/readyz", timeout=30)
-    assert ready.status_code == 200 and ready.json()["stages"] == {"tracking": True, "reconstruction": True, "synthesis": True, "fitting": True, "export": True}
+    assert ready.status_code == 200 and ready.json()["stages"] == {"track": True, "reconstruct": True, "synthesize": True, "fit": True, "export": True}
 
 
 def test_track_sample_photo_multipart_and_json(api, samples_dir):
@@ -65,9 +65,9 @@ def test_track_sample_photo_multipart_and_json(api, samples_dir):
 
 def test_track_matches_batch_tracking_stage(api, samples_dir, tmp_path):
     """Parity: POST /v1/track and the batch job's tracking stage give the same parameters."""
-    from avatar_ops.io.codec import track_from_bytes
-    from avatar_ops.pipeline import PipelineConfig
-    from jobs.stages import OperatorStage, decode_batch
+    from avatar_ops.stages.codec import payload_from_bytes
+    from avatar_ops.stages.config import PipelineConfig
+    from jobs.stages import PayloadStages, decode_batch
 
     source = samples_dir / "man_hoodie_masked.png"
     r = requests.post(f"{api.base}/v1/track", files={"image": source.read_bytes()}, headers=api.auth, timeout=300)
@@ -75,9 +75,9 @@ def test_track_matches_batch_tracking_stage(api, samples_dir, tmp_path):
     config_json = PipelineConfig.model_validate(FAST_PIPELINE).model_dump_json()
     batch = {"row_index": np.array([0]), "id": np.array(["hoodie"], dtype=object), "source_uri": np.array([str(source)], dtype=object), "options": np.array(["{}"], dtype=object)}
     decoded = decode_batch(batch, config_json, str(tmp_path))
-    tracked = OperatorStage("track", config_json, str(tmp_path))(decoded)
+    tracked = PayloadStages(["track"], [1], config_json, str(tmp_path))(decoded)
     assert tracked["status"][0] == "pending", tracked["detail"][0]
-    from_batch = track_from_bytes(tracked["track"][0]).to_json()
+    from_batch = payload_from_bytes(tracked["payload"][0]).track.to_json()
     torch.testing.assert_close(_track_arrays(r.json()), _track_arrays(from_batch))
 
 

@@ -53,10 +53,10 @@ def cmd_track(args: argparse.Namespace) -> int:
 
     from avatar_ops.io.image import DecodeConfig, load_image
     from avatar_ops.io.storage import write_bytes
+    from avatar_ops.render.camera import project
     from avatar_ops.tracking.keypoints import parse_keypoints_json
     from avatar_ops.tracking.operator import TrackingOperator, TrackInput
     from avatar_ops.tracking.overlay import draw_overlay
-    from avatar_ops.tracking.smplify import project
     from avatar_ops.types import Rejected
 
     if args.keypoints and len(args.keypoints) != len(args.photos):
@@ -120,7 +120,8 @@ def cmd_track(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from avatar_ops.avatar.fit import FitConfig
     from avatar_ops.io import storage
-    from avatar_ops.pipeline import AvatarPipeline, PipelineConfig
+    from avatar_ops.pipeline import AvatarPipeline
+    from avatar_ops.stages.config import PipelineConfig
 
     pipeline = AvatarPipeline(
         PipelineConfig(preset=args.preset, tracking=_tracking_config(args), fit=FitConfig(iters=args.fit_iters), **_synthesis_settings(args, default_mode="none"))
@@ -136,6 +137,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             failures += 1
             continue
         total = sum(outcome.seconds.values())
+        if outcome.status == "failed":
+            print(f"{photo}: FAILED {outcome.reason}: {outcome.detail} ({total:.1f}s)")
+            failures += 1
+            continue
         if outcome.status != "ok":
             print(f"{photo}: REJECTED {outcome.reason}: {outcome.detail} ({total:.1f}s)")
             continue
@@ -171,10 +176,11 @@ def _add_synthesis_args(p: argparse.ArgumentParser, default_mode: str) -> None:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
-    from avatar_ops.avatar.export import gif_bytes, png_bytes
     from avatar_ops.io import storage
     from avatar_ops.io.image import to_uint8
-    from avatar_ops.pipeline import AvatarPipeline, PipelineConfig
+    from avatar_ops.io.media import gif_bytes, png_bytes
+    from avatar_ops.pipeline import AvatarPipeline
+    from avatar_ops.stages.config import PipelineConfig
     from avatar_ops.synthesis.diffusion import SynthesisModelError
 
     try:
@@ -193,7 +199,11 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
             print(f"{photo}: FAILED file not found")
             failures += 1
             continue
-        if outcome.status != "ok":
+        if outcome.status == "failed":
+            print(f"{photo}: FAILED {outcome.reason}: {outcome.detail}")
+            failures += 1
+            continue
+        if outcome.status == "rejected":
             print(f"{photo}: REJECTED {outcome.reason}: {outcome.detail}")
             continue
         result = outcome.synthesis
@@ -220,9 +230,10 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 
 def cmd_animate(args: argparse.Namespace) -> int:
     from avatar_ops.avatar.animate import animate
-    from avatar_ops.avatar.export import avatar_from_bytes, gif_bytes
+    from avatar_ops.avatar.bundle import avatar_from_bytes
     from avatar_ops.body import BodyModelConfig, build_body_model, resolve_device
     from avatar_ops.io import storage
+    from avatar_ops.io.media import gif_bytes
     from avatar_ops.motion import load_motion
 
     bundle = args.avatar if args.avatar.endswith(".safetensors") else storage.join(args.avatar, "avatar.safetensors")

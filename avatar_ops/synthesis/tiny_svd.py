@@ -1,4 +1,4 @@
-"""A tiny random Stable Video Diffusion pipeline built from configs (no download), saved with
+"""A tiny random Stable Video Diffusion pipeline built from configs (no download, random weights), saved with
 ``save_pretrained`` so that tests and benchmarks load it through the operator's real loading code.
 Shapes follow diffusers' own SVD fast tests; about 10 MB on disk."""
 

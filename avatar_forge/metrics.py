@@ -68,6 +68,14 @@ def stage_metrics(stage: str) -> StageMetrics:
         return _stages[stage]
 
 
+def stage_observer(stage: str) -> StageMetrics | None:
+    """The stage's metrics inside a Ray worker or replica; None in a plain process (a unit test, a
+    script), where there is no metrics agent and creating a metric would start a Ray of its own."""
+    import ray
+
+    return stage_metrics(stage) if ray.is_initialized() else None
+
+
 class StageMetrics:
     """What one operator stage (a Ray Data actor or a Serve replica) records. Use
     :func:`stage_metrics` to get it."""

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from jobs.cli import build_parser, main
+from avatar_forge.cli import build_parser, main
 
 
 def test_help_lists_every_command(capsys):
@@ -55,9 +55,9 @@ def test_serve_config_files_build_the_app(monkeypatch):
     for path in (REPO_CONFIG, DEFAULT_CONFIG):
         config = load_serve_file(path)
         assert config.settings.all_api_keys() == ("k1", "k2")
-        assert set(config.deployments) == {"AvatarAPI", "tracking", "reconstruction", "synthesis", "fitting", "export"}
+        assert set(config.deployments) == {"AvatarAPI", "track", "reconstruct", "synthesize", "fit", "export"}
         build_application(config.settings, config.deployments)
-    assert load_serve_file(REPO_CONFIG).deployments["fitting"]["ray_actor_options"]["num_gpus"] == 1
+    assert load_serve_file(REPO_CONFIG).deployments["fit"]["ray_actor_options"]["num_gpus"] == 1
 
 
 def test_serve_refuses_to_start_open_without_keys(monkeypatch, capsys):
@@ -88,7 +88,7 @@ def test_serve_command_runs_until_sigterm_and_cleans_up(tmp_path):
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "serve", "--config", str(path), "--port", str(port), "--no-auth", "--num-cpus", "2"],
+        [sys.executable, "-m", "avatar_forge.cli", "serve", "--config", str(path), "--port", str(port), "--no-auth", "--num-cpus", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -115,7 +115,7 @@ def test_serve_command_runs_until_sigterm_and_cleans_up(tmp_path):
 
 @pytest.mark.slow  # the nightly run (`make test-all`); ~90 s
 def test_synthesize_writes_frames_and_generate_uses_them(samples_dir, tmp_path, capsys):
-    from tests.svd_tiny import make_tiny_svd
+    from avatar_ops.synthesis.tiny_svd import make_tiny_svd
 
     model = make_tiny_svd(tmp_path / "svd")
     photo = str(samples_dir / "man_hoodie_masked.png")
