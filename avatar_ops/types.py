@@ -24,6 +24,10 @@ SYNTHESIS_KINDS: tuple[str, ...] = get_args(SynthesisKind)
 SynthesisMode = Literal["none", "view", "pose", "both"]
 SYNTHESIS_MODES: tuple[str, ...] = get_args(SynthesisMode)
 
+#: Which way a tracked person faces the camera.
+Facing = Literal["front", "back", "side"]
+FACINGS: tuple[str, ...] = get_args(Facing)
+
 #: The operator stages, in the order a photo goes through them (decoding comes before them all).
 StageKind = Literal["track", "reconstruct", "synthesize", "fit", "export"]
 STAGE_KINDS: tuple[str, ...] = get_args(StageKind)

@@ -201,6 +201,7 @@ class Bench:
         from avatar_ops.io.image import decode_image
         from avatar_ops.motion import load_motion
         from avatar_ops.render.camera import Cameras, project
+        from avatar_ops.tracking.facing import facing_angle_deg, facing_of
 
         args, body = self.args, self.body
         texture = Texture(body, subject)
@@ -259,7 +260,11 @@ class Bench:
             pa = (fit_joints @ r.T * s + t - true_joints_c).norm(dim=1).mean()
             pve = (fit_c.vertices[0] @ r.T * s + t - true_c.vertices[0]).norm(dim=1).mean()
             figs, images = self._evaluate(avatar, (s, r, t), truth, truth_masks, rel, poses, cams, view0, truth_input=(truth[0], truth_masks[0]))
-            figs.update({"status": "ok", "seconds": round(seconds, 1), "pa_mpjpe_mm": round(float(pa) * 1000, 1), "pve_mm": round(float(pve) * 1000, 1), "scale": round(float(s), 3)})
+            angle = facing_angle_deg(avatar.source_pose[0].cpu().numpy(), avatar.source_transl.cpu().numpy())
+            figs.update({
+                "status": "ok", "seconds": round(seconds, 1), "pa_mpjpe_mm": round(float(pa) * 1000, 1), "pve_mm": round(float(pve) * 1000, 1),
+                "scale": round(float(s), 3), "facing": facing_of(angle), "facing_angle_deg": round(angle, 1),
+            })  # fmt: skip
             report["entries"][entry] = figs
             sheets[entry] = images
         return report, sheets, truth, poses
@@ -342,6 +347,7 @@ def summarise(reports: list[dict], entry: str) -> dict:
     if entry != "ceiling":
         for key in ("pa_mpjpe_mm", "pve_mm", "seconds"):
             out[key] = round(sum(r[key] for r in ok) / len(ok), 1)
+        out["facing_right"] = sum(r["facing"] == "front" for r in ok)  # every subject's photo is taken from its front
     return out
 
 

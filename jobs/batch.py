@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from avatar_forge.metrics import JobMetrics
 from avatar_ops.io import storage
 from avatar_ops.stages.stage import chain
+from avatar_ops.tracking.facing import facing_of
 from avatar_ops.types import STAGE_KINDS
 from jobs.config import JobConfig
 from jobs.stages import PayloadStages, decode_batch
@@ -37,7 +38,7 @@ log = logging.getLogger("avatar_forge.batch")
 
 MANIFEST_FIELDS = ("id", "source_uri", "status", "reason", "detail", "avatar_uri", "bundle_uri", "ply_uri", "preview_uri", "files",
                    "seconds_decode", "seconds_track", "seconds_reconstruct", "seconds_synthesize", "seconds_fit", "seconds_export", "seconds_total",
-                   "psnr", "mask_iou", "quality", "config_digest", "content_id", "resumed")  # fmt: skip
+                   "psnr", "mask_iou", "facing", "quality", "config_digest", "content_id", "resumed")  # fmt: skip
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 
 
@@ -193,6 +194,7 @@ def _manifest_row(row: dict) -> dict:
         "bundle_uri": files.get("avatar.safetensors"), "ply_uri": files.get("avatar.ply"), "preview_uri": files.get("preview.png"),
         "files": json.dumps(files), "seconds_total": round(sum(seconds.values()), 4),
         "psnr": quality.get("fit_psnr"), "mask_iou": quality.get("track_mask_iou"), "quality": json.dumps(quality),
+        "facing": facing_of(quality["track_facing_angle_deg"]) if "track_facing_angle_deg" in quality else None,
         "config_digest": row["config_digest"], "content_id": row.get("content_id") or None, "resumed": bool(row["resumed"]),
     }  # fmt: skip
     for stage in ("decode", *STAGE_KINDS):

@@ -80,16 +80,18 @@ def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str) ->
     metrics = stage_observer("decode")
     if metrics is not None:
         metrics.started(len(rows))
-    fresh = []
+    outcomes = []  # (status, reason, seconds) of every row decoded here (not resumed)
     for row in rows:
         row.update(config_digest=digest, content_id="", resumed=False)
         try:
             data = storage.read_bytes(row["source_uri"])
         except FileNotFoundError:
             _write_payload(row, Payload(row["source_uri"], status="failed", reason="not_found", detail=f"no file at {row['source_uri']}"))
+            outcomes.append((row["status"], row["reason"], 0.0))
             continue
         except OSError as err:
             _write_payload(row, Payload(row["source_uri"], status="failed", reason="unreadable", detail=f"{type(err).__name__}: {err}"))
+            outcomes.append((row["status"], row["reason"], 0.0))
             continue
         row["content_id"] = avatar_id(data, digest)
         if not row["id"]:
@@ -102,12 +104,13 @@ def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str) ->
             keypoints = _keypoints(row)
         except ValueError as err:
             _write_payload(row, Payload(row["source_uri"], status="rejected", reason="bad_keypoints", detail=str(err)))
+            outcomes.append((row["status"], row["reason"], 0.0))
             continue
         payload = decoded_payload(row["source_uri"], data, config, id=row["id"], out_dir=storage.join(output, "avatars", row["id"]), keypoints=keypoints)
         _write_payload(row, payload)
-        fresh.append((row, payload))
+        outcomes.append((payload.status, payload.reason, payload.seconds.get("decode", 0.0)))
     if metrics is not None:
-        metrics.finished([(p.status, p.reason, p.seconds.get("decode", 0.0)) for _, p in fresh])
+        metrics.finished(outcomes)
     return to_batch(rows)
 
 

@@ -59,14 +59,17 @@ def painted(body: BodyModel, with_print: bool = True) -> tuple[torch.Tensor, tor
     return colour, v
 
 
-def photograph(body: BodyModel, colours: torch.Tensor, size: int = 384, background=(0.0, 0.0, 0.0), pose: torch.Tensor | None = None) -> Photo:
-    """The painted body at 3 m in front of a camera (arms lowered unless ``pose`` is given),
-    rendered by the mesh rasteriser 2x supersampled, on ``background``."""
+def photograph(
+    body: BodyModel, colours: torch.Tensor, size: int = 384, background=(0.0, 0.0, 0.0), pose: torch.Tensor | None = None, facing_away: bool = False
+) -> Photo:
+    """The painted body at 3 m in front of a camera, facing it (or turned away from it), arms
+    lowered unless ``pose`` is given, rendered by the mesh rasteriser 2x supersampled, on ``background``."""
     if pose is None:
         pose = zero_pose(1)
         pose[0, 16, 2], pose[0, 17, 2] = -1.2, 1.2  # shoulders down into an A-pose
     pose = pose.clone()
-    pose[0, 0] = torch.tensor([math.pi, 0.0, 0.0])  # y up, facing +z -> the camera's y down, facing it
+    # y up, facing +z -> the camera's y down, facing it (turned half round about its vertical axis: away).
+    pose[0, 0] = torch.tensor([0.0, 0.0, math.pi] if facing_away else [math.pi, 0.0, 0.0])
     shape = body.default_shape()[None]
     with torch.no_grad():
         out = body(shape, pose)

@@ -15,10 +15,11 @@ from avatar_ops.io.image import DecodedImage
 from avatar_ops.render.camera import project
 from avatar_ops.render.mesh import rasterize_silhouette
 from avatar_ops.tracking.detector import DetectorConfig, MediaPipeDetector
+from avatar_ops.tracking.facing import facing_angle_deg, facing_of
 from avatar_ops.tracking.keypoints import main_subject
 from avatar_ops.tracking.overlay import mask_iou, resize_mask
 from avatar_ops.tracking.smplify import BodyFitConfig, FitTarget, fit_bodies
-from avatar_ops.types import FrozenConfig, Rejected
+from avatar_ops.types import Facing, FrozenConfig, Rejected
 
 
 class TrackingConfig(FrozenConfig):
@@ -61,7 +62,7 @@ class TrackResult:
         mask: [H, W] bool person mask.
         num_people: people seen in the photo.
         quality: ``reprojection_error_px``, ``reprojection_error_ratio`` (of the box height),
-            ``mask_iou`` and ``visible_keypoints``.
+            ``mask_iou``, ``visible_keypoints`` and ``facing_angle_deg`` (see :attr:`facing`).
     """
 
     body_model: str
@@ -77,10 +78,20 @@ class TrackResult:
     num_people: int
     quality: dict[str, float]
 
+    @property
+    def facing_angle_deg(self) -> float:
+        """Degrees between the body's front and the direction to the camera (0: facing it)."""
+        return facing_angle_deg(self.pose[0], self.transl)
+
+    @property
+    def facing(self) -> Facing:
+        """``front``, ``back`` or ``side``, from the fitted orientation."""
+        return facing_of(self.facing_angle_deg)
+
     def to_json(self) -> dict:
-        """A JSON-ready dict of everything but the mask."""
+        """A JSON-ready dict of everything but the mask (``facing`` and its angle included)."""
         return {
-            "body_model": self.body_model,
+            "body_model": self.body_model, "facing": self.facing, "facing_angle_deg": round(self.facing_angle_deg, 2),
             "shape": self.shape.tolist(),
             "pose": self.pose.tolist(),
             "transl": self.transl.tolist(),
@@ -178,6 +189,7 @@ class TrackingOperator(BodyOperator):
                 mask=target.mask if target.mask is not None else np.zeros((target.height, target.width), bool),
                 num_people=target.num_people, quality=quality,
             )  # fmt: skip
+            quality["facing_angle_deg"] = results[i].facing_angle_deg
         return results
 
     def _quality(self, target: FitTarget, projected: np.ndarray, uv: np.ndarray, faces: np.ndarray) -> dict[str, float]:

@@ -29,9 +29,11 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def draw_overlay(rgb: np.ndarray, uv: np.ndarray, faces: np.ndarray, keypoints: np.ndarray, projected: np.ndarray, min_confidence: float = 0.3) -> Image.Image:
-    """The photo with the fitted mesh (translucent), detected keypoints (green) and the body's
-    projected keypoints (red)."""
+def draw_overlay(
+    rgb: np.ndarray, uv: np.ndarray, faces: np.ndarray, keypoints: np.ndarray, projected: np.ndarray, min_confidence: float = 0.3, label: str | None = None
+) -> Image.Image:
+    """The photo with the fitted mesh (translucent), detected keypoints (green), the body's
+    projected keypoints (red) and ``label`` (e.g. which way the person faces) in the top left."""
     h, w = rgb.shape[:2]
     base = Image.fromarray(rgb).convert("RGBA")
     layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
@@ -56,4 +58,8 @@ def draw_overlay(rgb: np.ndarray, uv: np.ndarray, faces: np.ndarray, keypoints: 
             draw.ellipse([x - r, y - r, x + r, y + r], fill=(0, 220, 0, 255))
         x, y = projected[k]
         draw.ellipse([x - r, y - r, x + r, y + r], outline=(255, 40, 40, 255))
+    if label:
+        box = draw.textbbox((r, r), label)
+        draw.rectangle([box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2], fill=(0, 0, 0, 255))
+        draw.text((r, r), label, fill=(255, 255, 255, 255))
     return composed.convert("RGB")

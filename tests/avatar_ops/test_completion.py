@@ -72,6 +72,29 @@ def test_the_back_takes_the_fronts_garments_but_not_its_print(rebuilt, photo, an
     assert front_print.sum() > 10  # ...where the photo shows it
 
 
+def test_a_photo_from_behind_colours_the_back_and_completes_the_front(anny_body, reconstructor):
+    """Seen from behind (with a print on the garment's back): the photo colours the back, the
+    front takes the garment's colour, and the back's print stays on the back."""
+    colours, rest = painted(anny_body, with_print=False)
+    part_of_vertex = body_parts(anny_body).part
+    back_print = (part_of_vertex == Part.TORSO) & (rest[:, 2] < -0.05) & ((rest[:, 0] ** 2 + (rest[:, 1] - 0.3) ** 2) < 0.07**2)
+    colours[back_print] = torch.tensor(PRINT)
+    shot = photograph(anny_body, colours, facing_away=True)
+    assert shot.track.facing == "back"
+    rec = reconstructor([ReconstructInput(shot.track, shot.rgb)])[0]
+    assert isinstance(rec, ReconstructResult), rec
+    points, normal, part = surface_frame(rec.avatar, anny_body, shot.rest)
+    assert float(normal[rec.seen, 2].mean()) < -0.3  # the photo saw the back
+    front = (normal[:, 2] > 0.5) & ~rec.seen
+    shirt = front & (part == Part.TORSO) & (points[:, 1] > 0.1)
+    assert shirt.sum() > 100
+    assert delta_e(rec.avatar.color[shirt].median(0).values, SHIRT) < 8
+    near_print = (rec.avatar.color[shirt] - torch.tensor(PRINT)).norm(dim=1) < 0.25
+    assert near_print.float().mean() < 0.02, near_print.float().mean()
+    back_seen = (rec.avatar.color[rec.seen] - torch.tensor(PRINT)).norm(dim=1) < 0.25
+    assert back_seen.sum() > 10  # ...where the photo shows it
+
+
 def test_a_striped_print_stays_on_the_front(anny_body, reconstructor):
     """Stripes of two colours across most of the chest, touching each other and the shirt: each
     stripe meets two colours, yet together they are one print on the shirt, and the back takes the

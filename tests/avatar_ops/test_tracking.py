@@ -44,6 +44,7 @@ def test_real_photo_fit_quality(sample_results, name, batching):
     assert result.quality["reprojection_error_ratio"] <= 0.05, result.quality
     assert result.num_people == 1
     assert result.pose.shape == (55, 3) and result.transl[2] > 0.5  # in front of the camera
+    assert result.facing == "front" and result.to_json()["facing"] == "front"  # every sample faces the camera
     json.dumps(result.to_json())  # serialisable
 
 
@@ -201,3 +202,51 @@ def test_silhouette_rasteriser_samples_pixel_centres(anny_body, max_side):
     drawn = rasterize_silhouette(uv, one_way, width, height, max_side=max_side)
     reversed_drawn = rasterize_silhouette(uv, one_way[:, ::-1], width, height, max_side=max_side)
     assert drawn.sum() > 0.5 * ours.sum() and np.array_equal(reversed_drawn, drawn)
+
+
+def test_facing_is_read_off_the_orientation():
+    from avatar_ops.body.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+    from avatar_ops.tracking.facing import facing_angle_deg, facing_of
+
+    towards = np.array([np.pi, 0.0, 0.0])  # the body's y up, +z front -> camera y down, front towards the camera
+    turn = lambda degrees: matrix_to_axis_angle(  # noqa: E731 - turned about the camera's vertical axis
+        axis_angle_to_matrix(torch.tensor([[0.0, np.radians(degrees), 0.0]], dtype=torch.float32)) @ axis_angle_to_matrix(torch.tensor(towards, dtype=torch.float32)[None])
+    )[0].numpy()
+    ahead = np.array([0.0, 0.0, 3.0])
+    for degrees, expected in ((0, "front"), (45, "front"), (90, "side"), (-90, "side"), (150, "back"), (180, "back")):
+        angle = facing_angle_deg(turn(degrees), ahead)
+        assert angle == pytest.approx(abs(degrees), abs=0.01), (degrees, angle)  # float32 rotations: ~1e-5 degrees off
+        assert facing_of(angle) == expected, (degrees, angle)
+    # The direction to the camera is from the body: a person at the image's edge, square to the
+    # camera's axis, is turned from the camera by the angle it is seen at.
+    assert facing_angle_deg(towards, np.array([3.0, 0.0, 3.0])) == pytest.approx(45.0, abs=0.01)
+    with pytest.raises(ValueError, match="angle_deg"):
+        facing_of(181.0)
+
+
+@pytest.mark.parametrize("facing", ["front", "back"])
+def test_a_person_seen_from_behind_is_fitted_from_behind(anny_body, facing):
+    """The keypoints of a body facing away (their left/right order reversed in the image, the face
+    unseen) give a fit facing away, and the row says so."""
+    body = anny_body
+    pose = zero_pose(1)
+    pose[0, 0] = torch.tensor([np.pi, 0.0, 0.0] if facing == "front" else [0.0, 0.0, np.pi])
+    pose[0, SMPLX_JOINT_NAMES.index("left_shoulder"), 2] = -1.0  # arms lowered, unlike the start
+    pose[0, SMPLX_JOINT_NAMES.index("right_shoulder"), 2] = 1.0
+    width, height = 512, 768
+    config = TrackingConfig(device="cpu", fit=BodyFitConfig(silhouette_weight=0.0))
+    k = torch.from_numpy(intrinsics_for(width, height, config.fit.focal_factor))[None]
+    with torch.no_grad():
+        truth = body(body.default_shape()[None], pose, torch.tensor([[0.0, 0.1, 3.2]]))
+        uv = project(truth.keypoints, k)[0].numpy()
+    keypoints = np.concatenate([uv, np.ones((len(KEYPOINT_NAMES), 1))], 1).astype(np.float32)
+    if facing == "back":
+        keypoints[[KEYPOINT_NAMES.index(n) for n in ("nose", "left_eye", "right_eye")], 2] = 0.0  # a detector does not see the face
+    image = DecodedImage(rgb=np.zeros((height, width, 3), np.uint8), alpha=None, format="PNG", mode="RGB")
+    result = TrackingOperator(config, body, detector=None)([TrackInput(image, [keypoints])])[0]
+    assert isinstance(result, TrackResult), result
+    assert result.quality["reprojection_error_ratio"] <= 0.01, result.quality
+    assert result.facing == facing, result.facing_angle_deg
+    # Well inside its class, not at the threshold: the true angle is 0 (front) or 180 (back).
+    assert abs(result.facing_angle_deg - (0.0 if facing == "front" else 180.0)) < 30.0, result.facing_angle_deg
+    assert result.to_json()["facing"] == facing and result.quality["facing_angle_deg"] == pytest.approx(result.facing_angle_deg)

@@ -119,6 +119,7 @@ def test_every_input_gets_exactly_one_row_with_its_outcome(folder_run):
 
         assert PlyData.read(row["ply_uri"])["vertex"].count == 800
         assert row["seconds_track"] > 0 and row["seconds_fit"] > 0 and row["psnr"] > 10
+        assert row["facing"] == "front"  # the samples face the camera
         assert len(row["content_id"]) == 20 and row["config_digest"] == summary["config_digest"]
     assert summary["statuses"] == {"ok": 2, "rejected": 7}
     assert summary["actor_pools"] == [["track", "reconstruct", "fit", "export"]]  # no GPUs: fused
