@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         "track",
         summary="fit a body model to each photo; write its parameters (JSON) and an overlay (PNG)",
         description="Detect the main person in each photo (keypoints and mask), fit the body model to them, and write "
-        "<stem>.json (shape, SMPL-X pose, translation, camera, keypoints, quality) and <stem>_overlay.png per photo.",
+        "<stem>.json (shape, SMPL-X pose, translation, camera, keypoints, facing, quality) and <stem>_overlay.png per photo.",
     )
     track.add_argument("photos", nargs="+", metavar="PHOTO", help="image files (JPEG, PNG, WebP): local paths or fsspec URIs")
     track.add_argument("-o", "--output", default="out/track", help="output folder (default: out/track)")

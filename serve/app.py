@@ -85,6 +85,11 @@ _ANIMATE_BODY = {
 }
 
 
+def _client_detail(detail: str) -> str:
+    """What a client sees of a failure's detail: its first line (the traceback stays in the log)."""
+    return detail.split("\n", 1)[0]
+
+
 def _http_error(status: int, reason: str, detail: str) -> HTTPException:
     return HTTPException(status_code=status, detail={"reason": reason, "detail": detail})
 
@@ -242,7 +247,7 @@ class AvatarAPI:
         if result.status == "rejected":
             raise _http_error(422, result.reason, result.detail)
         if result.status != "pending":
-            raise _http_error(500, result.reason, result.detail.split("\n", 1)[0])
+            raise _http_error(500, result.reason, _client_detail(result.detail))
         return result.track.to_json()
 
     # ---- avatars -------------------------------------------------------------------------
@@ -282,8 +287,8 @@ class AvatarAPI:
                 payload = payload_from_bytes(data)
             if payload.status == "ok":
                 final = {"status": "ok", "quality": payload.quality, "files": sorted(n.rsplit("/", 1)[-1] for n in payload.files.values())}
-            else:  # the first line of a failure's detail: the traceback stays in the replica's log
-                final = {"status": payload.status, "reason": payload.reason, "detail": payload.detail.split("\n", 1)[0]}
+            else:
+                final = {"status": payload.status, "reason": payload.reason, "detail": _client_detail(payload.detail)}
         except Exception as err:  # noqa: BLE001 - a job's failure is its status, never the replica's
             final = {"status": "failed", "reason": "exception", "detail": f"{type(err).__name__}: {err}"}
         finally:

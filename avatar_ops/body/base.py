@@ -165,9 +165,14 @@ class BodyOperator:
     def from_config(cls, config=None, *, body: BodyModel | None = None):
         """The operator for ``config`` (its defaults when None) on ``body`` (built once per actor or
         replica and shared by its stages)."""
+        return cls(*cls._config_and_body(config, body))
+
+    @classmethod
+    def _config_and_body(cls, config, body: BodyModel | None) -> tuple:
+        """``config`` (its defaults when None) and ``body``, which this operator's config cannot build."""
         if body is None:
             raise ValueError(f"{cls.__name__}.from_config needs `body`: its config does not say which body model to build.")
-        return cls(cls.config_class() if config is None else config, body)
+        return (cls.config_class() if config is None else config), body
 
     def check_health(self) -> None:
         """Raise if the operator cannot serve (a forward pass of its body must work)."""

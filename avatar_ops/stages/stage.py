@@ -9,6 +9,7 @@ from a payload and gives back is written here, once, for every adapter.
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -23,6 +24,8 @@ from avatar_ops.stages.payload import Payload, rejected
 from avatar_ops.synthesis.operator import SynthesisInput, SynthesisOperator, SynthesisResult
 from avatar_ops.tracking.operator import TrackingOperator, TrackInput
 from avatar_ops.types import STAGE_KINDS, Rejected, StageKind
+
+log = logging.getLogger("avatar_forge.stages")
 
 
 class StageObserver(Protocol):
@@ -124,13 +127,17 @@ class Stage:
             return payloads
         if self.observer is not None:
             self.observer.started(len(todo))
-        changes, spent = run_isolated(self._changes, todo, lambda payload, err: failure(self.kind, err))
+        changes, spent = run_isolated(self._changes, todo, self._failed)
         for payload, change, seconds in zip(todo, changes, spent):
             payload.update(change)
             payload.add_seconds(self.kind, seconds)
         if self.observer is not None:
             self.observer.finished([(p.status, p.reason, s) for p, s in zip(todo, spent)])
         return payloads
+
+    def _failed(self, payload: Payload, err: Exception) -> dict:
+        log.error("the %s stage raised on %s", self.kind, payload.source, exc_info=err)
+        return failure(self.kind, err)
 
     def _mode(self, payload: Payload) -> str:
         return payload.synthesis_mode or self.config.synthesis_mode

@@ -153,9 +153,7 @@ class SynthesisOperator(BodyOperator):
     @classmethod
     def from_config(cls, config: SynthesisConfig | None = None, *, body: BodyModel | None = None) -> SynthesisOperator:
         """Load each mode's weights once (modes naming the same folder share one pipeline)."""
-        if body is None:
-            raise ValueError("SynthesisOperator.from_config needs `body`: its config does not say which body model to build.")
-        config = SynthesisConfig() if config is None else config
+        config, body = cls._config_and_body(config, body)
         from avatar_ops.body import resolve_device
         from avatar_ops.synthesis.diffusion import load_pipeline, resolve_dtype
 

@@ -233,3 +233,22 @@ def test_resume_after_the_driver_is_killed(local_ray, samples_dir, tmp_path):
     assert all(r["status"] == "ok" for r in rows)
     assert summary["resumed"] >= len(finished)
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not recomputed
+
+
+def test_only_infrastructure_faults_rerun_an_attempt():
+    import ray.exceptions as rex
+
+    from jobs.batch import is_infrastructure_fault
+
+    def wrapped(cause: BaseException) -> BaseException:
+        try:
+            raise RuntimeError("the dataset failed") from cause
+        except RuntimeError as err:
+            return err
+
+    assert is_infrastructure_fault(rex.WorkerCrashedError())
+    assert is_infrastructure_fault(wrapped(rex.NodeDiedError("node gone")))  # found under what wraps it
+    assert is_infrastructure_fault(rex.RayTaskError("map", "traceback", rex.OutOfMemoryError("the node ran out of memory")))
+    # A task's own error, even wrapped by Ray, is a bug: a rerun would meet it again.
+    assert not is_infrastructure_fault(rex.RayTaskError("map", "traceback", ImportError("cannot import name 'FitInput'")))
+    assert not is_infrastructure_fault(wrapped(ValueError("bad value")))
