@@ -54,9 +54,10 @@ COVERAGE_GROUPS = {
 class CompletionConfig(FrozenConfig):
     """How the photo is read onto the body surface and how the unseen surface is completed."""
 
-    zbuffer_side: int = Field(384, ge=32, description="Longer side (pixels) of the mesh z-buffer the photo is read through.")
+    zbuffer_side: int = Field(768, ge=32, description="Longer side (pixels) of the mesh z-buffer the photo is read through.")
     edge_margin: float = Field(0.012, ge=0, le=0.2, description="Band along the mask's edge left unread, as a fraction of the person's height in the image.")
-    min_edge_pixels: float = Field(1.5, ge=0, description="The least width of that band, in z-buffer pixels.")
+    foot_edge_margin: float = Field(0.004, ge=0, le=0.2, description="The same band on the feet, narrower: a shoe's sole is a band a centimetre or two high along the mask's bottom edge, and the wider band would leave it unread.")
+    min_edge_pixels: float = Field(1.5, ge=0, description="The least width of either band, in z-buffer pixels.")
     known_weight: float = Field(0.3, gt=0, description="Pixel weight (pixels x facing) below which a seen vertex's colour is read at its own pixel rather than from the pixels around it.")
     seen_facing: float = Field(0.15, ge=0, lt=1, description="Vertices facing the camera less squarely than this cosine are left to the completion.")
     ring_width: float = Field(RING_WIDTH, gt=0, description="Length (metres) of the rings torso, neck, arms and legs are cut into.")
@@ -72,7 +73,8 @@ class CompletionConfig(FrozenConfig):
     clean_rounds: int = Field(40, ge=0, description="Most rounds of taking prints out (regions are cut again after each).")
     clean_smoothing: int = Field(0, ge=0, description="Smoothing passes over seen neighbours before regions are cut (against a garment's own texture).")
     min_region: int = Field(6, ge=1, description="Regions of fewer seen vertices are edge blends, not surroundings of a print.")
-    mirror_width: float = Field(0.04, gt=0, description="Width (metres, across the part; a Gaussian's sigma) of the window of seen colours in its ring an unseen vertex takes the weighted median of, centred on its mirror image front to back.")
+    mirror_width: float = Field(0.04, gt=0, description="Width (metres, across the part; a Gaussian's sigma) of the window of seen colours an unseen vertex takes the weighted median of, centred on its mirror image front to back.")
+    mirror_height: float = Field(0.006, gt=0, description="Height (metres, along the part's axis; a Gaussian's sigma) of that window: narrower than a ring, so a hem or a belt a few centimetres high comes round at its own height instead of blurring into the ring's other colours.")
     smooth_iters: int = Field(20, ge=0, description="Laplacian smoothing passes over the unseen vertices.")
     skin: tuple[float, float, float] = Field((0.80, 0.62, 0.50), description="Skin colour (linear RGB) when the photo shows no face.")
     shoes: tuple[float, float, float] = Field((0.15, 0.15, 0.16), description="Shoe colour when the photo shows no foot.")
@@ -125,27 +127,32 @@ def rings(rest: Tensor, part: Tensor, side: Tensor, ring_width: float = RING_WID
     return ring, torch.where(on_rings, key, torch.full_like(key, -1))
 
 
-def readable(mask: Tensor, view: MeshView, config: CompletionConfig) -> tuple[Tensor, Tensor, float]:
+def readable(mask: Tensor, view: MeshView, config: CompletionConfig, face_part: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Where the photo may be read onto the body, in the view's z-buffer pixels: inside the mask
     and on the body's own silhouette, at least the margin from the edge of either (edge pixels
     mix in the background, and a mask that bleeds or a body a little too large would let it in).
-    Returns the [H, W] bool map, each pixel's distance to the nearer edge, and the margin."""
+    With ``face_part`` ([F] part of each mesh face), pixels on the feet take the feet's narrower
+    margin. Returns the [H, W] bool map and each pixel's distance to the nearer edge."""
     inside, dist = edge_distance(mask, view.width, view.height)
     body = view.frags.mask
     body_dist = torch.from_numpy(ndimage.distance_transform_edt(body.cpu().numpy())).to(dist)
     dist = torch.minimum(torch.where(inside, dist, torch.zeros_like(dist)), body_dist)
-    margin = margin_pixels(inside, config)
-    return dist > margin, dist, margin
+    margin = torch.full_like(dist, margin_pixels(inside, config))
+    if face_part is not None:
+        on_foot = body & (face_part[view.frags.face.clamp(min=0)] == Part.FOOT)
+        margin = torch.where(on_foot, margin_pixels(inside, config, foot=True), margin)
+    return dist > margin, dist
 
 
-def margin_pixels(small_mask: Tensor, config: CompletionConfig) -> float:
-    """The unread band's width in z-buffer pixels (a fraction of the person's height there)."""
+def margin_pixels(small_mask: Tensor, config: CompletionConfig, foot: bool = False) -> float:
+    """The unread band's width in z-buffer pixels (a fraction of the person's height there; the
+    feet's with ``foot``)."""
     rows = torch.nonzero(small_mask.any(1))[:, 0]
     person = float(rows.max() - rows.min() + 1) if len(rows) else float(small_mask.shape[0])
-    return max(config.min_edge_pixels, config.edge_margin * person)
+    return max(config.min_edge_pixels, (config.foot_edge_margin if foot else config.edge_margin) * person)
 
 
-def observe(image: Tensor, mask: Tensor, view: MeshView, vertices: Tensor, faces: Tensor, normals: Tensor, config: CompletionConfig) -> Observation:
+def observe(image: Tensor, mask: Tensor, view: MeshView, vertices: Tensor, faces: Tensor, normals: Tensor, config: CompletionConfig, face_part: Tensor | None = None) -> Observation:
     """Read the photo onto the mesh's vertices through its z-buffer.
 
     Args:
@@ -153,10 +160,11 @@ def observe(image: Tensor, mask: Tensor, view: MeshView, vertices: Tensor, faces
         mask: [H, W] bool person mask.
         view: the posed mesh's :func:`~avatar_ops.avatar.visibility.mesh_view` in the photo's camera.
         vertices: [V, 3] camera-frame posed vertices; normals [V, 3] their unit normals.
+        face_part: [F] each face's part (the feet's margin is narrower); None: one margin.
     """
     w, h = view.width, view.height
     small = torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=(h, w), mode="area")[0].permute(1, 2, 0)
-    valid, _, _ = readable(mask, view, config)
+    valid, _ = readable(mask, view, config, face_part)
     frags = view.frags
     v0, v1, v2 = (vertices[faces[:, i]] for i in range(3))
     face_normal = torch.linalg.cross(v1 - v0, v2 - v0, dim=-1)
@@ -466,18 +474,24 @@ def complete(obs: Observation, rest_vertices: Tensor, rest_keypoints: Tensor, pa
         # Front to back: the cleaned colours seen in the ring around the vertex's mirror image
         # through the ring's centre (a weighted median), so hems, cuffs, a tank top's armholes and
         # a jacket's panels come round as they are, and prints (cleaned away) do not.
+        # The window is narrow along the part's axis (``mirror_height``), so bands come round at
+        # their own height; a vertex with no seen surface that near takes its ring's.
         seen = np.nonzero(members & known)[0]
         if len(seen):
             lateral = 1 if p in ALONG_X else 0  # the rest-pose axis across the part, besides depth
+            axial = rest[:, 0] * side if p in ALONG_X else rest[:, 1]  # along the part (as `rings` cuts it)
             for r in np.unique(ring[todo]):
                 targets = todo[ring[todo] == r]
-                donors = seen[ring[seen] == r]
-                if not len(donors):
-                    donors = seen[np.abs(ring[seen] - r) <= 1]
+                donors = seen[np.abs(ring[seen] - r) <= 1]
                 if not len(donors):
                     continue
                 gap = rest[targets, lateral][:, None] - rest[donors, lateral][None]  # [T, D]
-                w = weight[donors][None] * np.exp(-0.5 * (gap / config.mirror_width) ** 2)
+                rise = axial[targets][:, None] - axial[donors][None]
+                across = weight[donors][None] * np.exp(-0.5 * (gap / config.mirror_width) ** 2)
+                w = across * np.exp(-0.5 * (rise / config.mirror_height) ** 2)
+                same_ring = across * (ring[donors] == r)[None]
+                near = w.sum(1) > 1e-3 * across.sum(1).clip(min=1e-12)
+                w = np.where(near[:, None], w, same_ring)
                 has = w.sum(1) > 1e-6
                 if has.any():
                     out[targets[has]] = _rowwise_weighted_median(cleaned[donors], w[has])

@@ -214,7 +214,7 @@ class ReconstructionOperator(BodyOperator):
             # No mask: the body's own silhouette stands in for it (nothing is pushed out).
             mask = torch.nn.functional.interpolate(view.frags.mask.float()[None, None], size=(track.height, track.width), mode="nearest")[0, 0] > 0.5
         image = torch.from_numpy(rgb).to(dev).float() / 255.0
-        obs = observe(image, mask, view, verts, faces, normals, cfg.completion)
+        obs = observe(image, mask, view, verts, faces, normals, cfg.completion, self.face_parts.part)
         completion = complete(obs, rest.vertices[0], rest.keypoints[0], self.parts, faces, cfg.completion)
 
         # Where the photo shows the surface it has detail to hold: more, smaller Gaussians there;
@@ -237,15 +237,15 @@ class ReconstructionOperator(BodyOperator):
         pushed = points + offset[:, None] * normal
         # Seen: visible, squarely enough, and inside the mask away from its edge, both on the body
         # and where the Gaussian sits once pushed out (clothing), so no background is read.
-        on_body, _, _ = readable(mask, view, cfg.completion)
+        on_body, _ = readable(mask, view, cfg.completion, self.face_parts.part)
         small_mask, dist = edge_distance(mask, view.width, view.height)
-        in_mask = small_mask & (dist > margin_pixels(small_mask, cfg.completion))
+        margin = torch.where(part == Part.FOOT, margin_pixels(small_mask, cfg.completion, foot=True), margin_pixels(small_mask, cfg.completion))
 
         def at(where: Tensor, points: Tensor) -> Tensor:
             px = view.pixels(points).floor().long()
             return where[px[:, 1].clamp(0, view.height - 1), px[:, 0].clamp(0, view.width - 1)]
 
-        seen = visible & (facing >= cfg.seen_facing) & at(on_body, points) & at(in_mask, pushed) & (part != Part.HAND)
+        seen = visible & (facing >= cfg.seen_facing) & at(on_body, points) & at(small_mask, pushed) & (at(dist, pushed) > margin) & (part != Part.HAND)
         if int(seen.sum()) < MIN_SEEN:
             return Rejected("reconstruction_failed", f"only {int(seen.sum())} of {len(part)} surface points are visible in the photo")
         uv = project(pushed[None], k[None])[0]
@@ -275,7 +275,7 @@ class ReconstructionOperator(BodyOperator):
         cfg = self.config
         view = mesh_view(verts, self.body.faces, k, track.width, track.height, cfg.colour_side)
         small = torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=(view.height, view.width), mode="area")[0].permute(1, 2, 0)
-        valid, _, _ = readable(mask, view, cfg.completion)
+        valid, _ = readable(mask, view, cfg.completion, self.face_parts.part)
         if not valid.any() or not seen.any():
             return colour
         f = view.frags.face[valid]

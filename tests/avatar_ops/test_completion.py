@@ -118,6 +118,56 @@ def test_a_striped_print_stays_on_the_front(anny_body, reconstructor):
     assert delta_e(rec.avatar.color[back].median(0).values, SHIRT) < 8
 
 
+def test_a_hem_comes_round_to_the_back_at_its_own_height(anny_body):
+    """A white hem 3 cm high between the shirt and the trousers, across two rings, its front seen
+    exactly: behind, its own height takes it, the shirt just above stays the shirt's and the
+    trousers just below the trousers'."""
+    from avatar_ops.avatar.completion import CompletionConfig, Observation, complete
+    from avatar_ops.avatar.visibility import vertex_normals
+    from avatar_ops.body.base import zero_pose
+
+    colours, rest = painted(anny_body, with_print=False)
+    parts = body_parts(anny_body)
+    low, high = 0.0375, 0.0675  # across the boundary of two rings (at 0.05), as a hem mostly is
+    torso = parts.part == Part.TORSO
+    colours[torso & (rest[:, 1] < low)] = torch.tensor(TROUSERS)
+    colours[torso & (rest[:, 1] >= low) & (rest[:, 1] < high)] = torch.tensor(WHITE)
+    normals = vertex_normals(rest, anny_body.faces)
+    front = normals[:, 2] > 0.3
+    obs = Observation(
+        colour=colours, weight=front.float(), known=front, facing=normals[:, 2], pixel=rest[:, :2] * torch.tensor([500.0, -500.0]), occluded=torch.zeros_like(front)
+    )  # fmt: skip
+    with torch.no_grad():
+        keypoints = anny_body(anny_body.default_shape()[None], zero_pose(1)).keypoints[0]
+    out = complete(obs, rest, keypoints, parts, anny_body.faces, CompletionConfig())
+    back = (normals[:, 2] < -0.5) & (parts.part == Part.TORSO)
+    y = rest[:, 1]
+    hem, above, below = back & (y > low + 0.005) & (y < high - 0.005), back & (y > high + 0.012) & (y < high + 0.05), back & (y < low - 0.012) & (y > low - 0.05)
+    assert hem.sum() >= 5 and above.sum() >= 5 and below.sum() >= 5, (hem.sum(), above.sum(), below.sum())
+    lab = lambda c: rgb2lab(np.asarray(c, dtype=np.float64).reshape(-1, 1, 3))
+    for region, garment in ((hem, WHITE), (above, SHIRT), (below, TROUSERS)):
+        # Nearly every vertex, not just the median: a ring across the hem's edge takes one colour.
+        errors = deltaE_cie76(lab(out.colour[region].numpy()), lab(garment))[:, 0]
+        assert np.quantile(errors, 0.9) < 10, (garment, np.round(np.quantile(errors, [0.5, 0.9, 1.0]), 1))
+
+
+def test_a_shoes_sole_comes_round_to_the_heel(anny_body, reconstructor):
+    """Black shoes with a white sole 2 cm high, seen from the front only at the toes, along the
+    mask's bottom edge: the heels behind take the sole's colour at its height, the shoe above it."""
+    colours, rest = painted(anny_body, with_print=False)
+    part = body_parts(anny_body).part
+    sole_top = float(rest[:, 1].min()) + 0.02
+    colours[(part == Part.FOOT) & (rest[:, 1] < sole_top)] = torch.tensor(WHITE)
+    shot = photograph(anny_body, colours, size=512)
+    rec = reconstructor([ReconstructInput(shot.track, shot.rgb)])[0]
+    points, normal, gpart = surface_frame(rec.avatar, anny_body, shot.rest)
+    heel = (gpart == Part.FOOT) & (normal[:, 2] < -0.3) & ~rec.seen
+    sole, shoe = heel & (points[:, 1] < sole_top - 0.007), heel & (points[:, 1] > sole_top + 0.015)
+    assert sole.sum() >= 5 and shoe.sum() >= 5, (sole.sum(), shoe.sum())
+    assert delta_e(rec.avatar.color[sole].median(0).values, WHITE) < 20, rec.avatar.color[sole].median(0).values
+    assert delta_e(rec.avatar.color[shoe].median(0).values, SHOES) < 15, rec.avatar.color[shoe].median(0).values
+
+
 def test_the_back_of_the_head_takes_the_hair(rebuilt, photo, anny_body):
     avatar = rebuilt.avatar
     _points, normal, part = surface_frame(avatar, anny_body, photo.rest)
