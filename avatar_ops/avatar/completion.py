@@ -73,7 +73,8 @@ class CompletionConfig(FrozenConfig):
     clean_rounds: int = Field(40, ge=0, description="Most rounds of taking prints out (regions are cut again after each).")
     clean_smoothing: int = Field(0, ge=0, description="Smoothing passes over seen neighbours before regions are cut (against a garment's own texture).")
     min_region: int = Field(6, ge=1, description="Regions of fewer seen vertices are edge blends, not surroundings of a print.")
-    mirror_width: float = Field(0.04, gt=0, description="Width (metres, across the part; a Gaussian's sigma) of the window of seen colours in its ring an unseen vertex takes the weighted median of, centred on its mirror image front to back.")
+    mirror_width: float = Field(0.04, gt=0, description="Width (metres, across the part; a Gaussian's sigma) of the window of seen colours an unseen vertex takes the weighted median of, centred on its mirror image front to back.")
+    mirror_height: float = Field(0.006, gt=0, description="Height (metres, along the part's axis; a Gaussian's sigma) of that window: narrower than a ring, so a hem or a belt a few centimetres high comes round at its own height instead of blurring into the ring's other colours.")
     smooth_iters: int = Field(20, ge=0, description="Laplacian smoothing passes over the unseen vertices.")
     skin: tuple[float, float, float] = Field((0.80, 0.62, 0.50), description="Skin colour (linear RGB) when the photo shows no face.")
     shoes: tuple[float, float, float] = Field((0.15, 0.15, 0.16), description="Shoe colour when the photo shows no foot.")
@@ -473,18 +474,24 @@ def complete(obs: Observation, rest_vertices: Tensor, rest_keypoints: Tensor, pa
         # Front to back: the cleaned colours seen in the ring around the vertex's mirror image
         # through the ring's centre (a weighted median), so hems, cuffs, a tank top's armholes and
         # a jacket's panels come round as they are, and prints (cleaned away) do not.
+        # The window is narrow along the part's axis (``mirror_height``), so bands come round at
+        # their own height; a vertex with no seen surface that near takes its ring's.
         seen = np.nonzero(members & known)[0]
         if len(seen):
             lateral = 1 if p in ALONG_X else 0  # the rest-pose axis across the part, besides depth
+            axial = rest[:, 0] * side if p in ALONG_X else rest[:, 1]  # along the part (as `rings` cuts it)
             for r in np.unique(ring[todo]):
                 targets = todo[ring[todo] == r]
-                donors = seen[ring[seen] == r]
-                if not len(donors):
-                    donors = seen[np.abs(ring[seen] - r) <= 1]
+                donors = seen[np.abs(ring[seen] - r) <= 1]
                 if not len(donors):
                     continue
                 gap = rest[targets, lateral][:, None] - rest[donors, lateral][None]  # [T, D]
-                w = weight[donors][None] * np.exp(-0.5 * (gap / config.mirror_width) ** 2)
+                rise = axial[targets][:, None] - axial[donors][None]
+                across = weight[donors][None] * np.exp(-0.5 * (gap / config.mirror_width) ** 2)
+                w = across * np.exp(-0.5 * (rise / config.mirror_height) ** 2)
+                same_ring = across * (ring[donors] == r)[None]
+                near = w.sum(1) > 1e-3 * across.sum(1).clip(min=1e-12)
+                w = np.where(near[:, None], w, same_ring)
                 has = w.sum(1) > 1e-6
                 if has.any():
                     out[targets[has]] = _rowwise_weighted_median(cleaned[donors], w[has])
