@@ -42,6 +42,11 @@ LIMBS = [
     )
 ] + [((_KP["left_hip"], _KP["right_hip"]), (_KP["left_shoulder"], _KP["right_shoulder"]))]  # the torso's lean  # fmt: skip
 
+# The limbs lifted by their foreshortening (arms, legs, feet); the shoulder and hip lines and the
+# torso's lean keep the metric landmarks' direction (the torso's fitted length is too uncertain:
+# a torso 5% longer than the photo's would be lifted 18 degrees out of the image plane).
+LIFTED = (True,) * 10 + (False,) * 3
+
 
 class BodyFitConfig(FrozenConfig):
     """Weights and schedule of the body fit."""
@@ -59,7 +64,8 @@ class BodyFitConfig(FrozenConfig):
     pose_prior_weight: float = Field(0.0001, ge=0, description="Weight of the pose prior.")
     joint_limit_weight: float = Field(1.0, ge=0, description="Weight of the knee/elbow hinge limits.")
     shape_prior_weight: float = Field(0.0002, ge=0, description="Weight of the shape prior.")
-    direction_weight: float = Field(0.02, ge=0, description="Weight of the prior pulling each limb's 3D direction towards the detector's metric landmarks (when the detector gives them).")
+    direction_weight: float = Field(0.02, ge=0, description="Weight of the prior pulling each limb's 3D direction towards its lifted direction (see `lift_limbs`).")
+    lift_limbs: bool = Field(True, description="Lift each limb out of the image plane by its foreshortening: the direction that puts the limb's far keypoint on its camera ray at the limb's fitted length (of the two such directions, the one on the side of the image plane the detector's metric landmarks put it; without those landmarks, a limb is not lifted). Off: the detector's metric directions themselves.")
     coverage_weight: float = Field(1.3, ge=0, description="Weight of mask coverage relative to the outside-the-mask term (clothing makes masks wider than bodies).")
     mask_resolution: int = Field(192, ge=32, description="Longer side of the mask used by the silhouette terms.")
     silhouette_vertices: int = Field(1000, ge=100, description="Body vertices sampled for the silhouette terms.")
@@ -96,6 +102,41 @@ class FitResult:
     transl: Tensor  # [B, 3] metres, camera frame
     intrinsics: Tensor  # [B, 3, 3]
     projected_keypoints: Tensor  # [B, K, 2] pixels
+
+
+def lifted_directions(head: Tensor, tail: Tensor, observed: Tensor, intrinsics: Tensor, guide: Tensor) -> Tensor:
+    """Each limb's 3D direction as its foreshortening gives it (Taylor's lifting, in perspective).
+
+    The limb keeps its fitted head and length; its tail goes on the camera ray through the observed
+    tail keypoint, at one of the two points of that ray at that length from the head: the one on
+    the same side of the image plane as ``guide`` (a guide much flatter than the truth still
+    chooses right). In perspective a limb parallel to the image is one of the two, not their
+    midpoint. A limb longer in the photo than its fitted length gets the point of the ray nearest
+    its head.
+
+    Args:
+        head, tail: [B, L, 3] the fitted ends of each limb (camera frame, metres).
+        observed: [B, L, 2] the observed tail, pixels.
+        intrinsics: [B, 3, 3].
+        guide: [B, L, 3] unit directions that choose between the two points (the detector's
+            metric directions).
+    Returns:
+        [B, L, 3] unit directions, no gradient.
+    """
+    with torch.no_grad():
+        k = intrinsics[:, None]
+        ray = torch.stack([(observed[..., 0] - k[..., 0, 2]) / k[..., 0, 0], (observed[..., 1] - k[..., 1, 2]) / k[..., 1, 1], torch.ones_like(observed[..., 0])], -1)
+        length2 = ((tail - head) ** 2).sum(-1)
+        dd, da, aa = (ray * ray).sum(-1), (ray * head).sum(-1), (head * head).sum(-1)
+        root = (da**2 - dd * (aa - length2)).clamp(min=0).sqrt()
+        unit = lambda v: v / v.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+        near, far = (unit(((da + sign * root) / dd)[..., None] * ray - head) for sign in (-1.0, 1.0))
+        # The side of the image plane the guide's depth is on decides; where both points (or
+        # neither) are on that side, the one nearer it in depth.
+        side_far, side_near = (torch.sign(d[..., 2]) == torch.sign(guide[..., 2]) for d in (far, near))
+        nearer = (far[..., 2] - guide[..., 2]).abs() < (near[..., 2] - guide[..., 2]).abs()
+        pick_far = torch.where(side_far != side_near, side_far, nearer)
+        return torch.where(pick_far[..., None], far, near)
 
 
 def _pose_prior_weights(device) -> Tensor:
@@ -301,6 +342,11 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: BodyFitConfig 
     untrusted = torch.einsum("lk,bk->bl", ((ends[0] + ends[1]) > 0).float(), 1 - trusted)  # a segment needs all its keypoints
     limb_conf = (untrusted == 0).float()
     limb_conf = limb_conf * (limb.norm(dim=-1) > 1e-3)
+    # Lifting needs the observed 2D ends; its sign comes from the metric landmarks where trusted.
+    seen = (kp[..., 2] > config.min_confidence).float()
+    lift_conf = (torch.einsum("lk,bk->bl", ((ends[0] + ends[1]) > 0).float(), 1 - seen) == 0).float()
+    observed_tail = torch.einsum("lk,bkc->blc", ends[1], kp[..., :2])
+    lifted_limb = torch.tensor(LIFTED, device=device)
     n_vert = body.num_vertices
     vert_idx = torch.randperm(n_vert, generator=generator)[: config.silhouette_vertices].to(device)
     prior_w = _pose_prior_weights(device)
@@ -331,9 +377,16 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: BodyFitConfig 
         shape = body.shape_from_latent(latent if free else latent.detach())
         keypoints, vertices = body.keypoints_and_vertices(shape, pose, transl, vert_idx if stage == "full" else no_vertices)
         uv = project(keypoints, intrinsics)
-        fitted = torch.einsum("lk,bkc->blc", ends[1] - ends[0], keypoints)
-        cosine = (fitted * limb_dir).sum(-1) / fitted.norm(dim=-1).clamp(min=1e-6)
-        direction = (limb_conf * (1 - cosine)).sum(1) / limb_conf.sum(1).clamp(min=1e-3)
+        head, tail = torch.einsum("lk,bkc->blc", ends[0], keypoints), torch.einsum("lk,bkc->blc", ends[1], keypoints)
+        fitted = tail - head
+        if config.lift_limbs:
+            lifted = lifted_directions(head, tail, observed_tail, intrinsics, limb_dir)
+            target = torch.where(lifted_limb[:, None], lifted, limb_dir)
+            weight = torch.where(lifted_limb, lift_conf, 1.0) * limb_conf
+        else:
+            target, weight = limb_dir, limb_conf
+        cosine = (fitted * target).sum(-1) / fitted.norm(dim=-1).clamp(min=1e-6)
+        direction = (weight * (1 - cosine)).sum(1) / weight.sum(1).clamp(min=1e-3)
         r = ((uv - kp[..., :2]) ** 2).sum(-1) / norm[:, None] ** 2
         s2 = config.keypoint_sigma**2
         w = conf if free else conf * torch.isin(torch.arange(conf.shape[1], device=device), torch.tensor(TORSO, device=device))
