@@ -296,3 +296,36 @@ def test_legs_out_of_frame_get_a_plain_lower_body_and_the_row_says_so(anny_body,
     assert delta_e(feet.median(0).values, SHOES) < 15
     assert rec.quality["coverage_legs"] < 0.5 * rebuilt.quality["coverage_legs"]
     assert rec.quality["coverage_feet"] == 0.0 and rebuilt.quality["coverage_feet"] > 0
+
+
+def test_a_prints_blended_edge_is_taken_out_with_it():
+    """Read sharply, a striped print has an edge of its own: a ring a little off the shirt's colour
+    (the shirt blended with the ink), wide enough to count as a region. Stripes and edge are taken
+    out together. (Before, the edge made the stripes 'meet another colour', so they stayed and
+    came round to the back.)"""
+    from avatar_ops.avatar.completion import CompletionConfig, clean_prints
+
+    n = 32
+    ys, xs = np.mgrid[0:n, 0:n]
+    index = ys * n + xs
+    quads = index[:-1, :-1].ravel(), index[:-1, 1:].ravel(), index[1:, :-1].ravel(), index[1:, 1:].ravel()
+    faces = np.concatenate([np.stack([quads[0], quads[1], quads[2]], 1), np.stack([quads[1], quads[3], quads[2]], 1)])
+    red, blue, white = np.array([0.8, 0.13, 0.13]), np.array([0.47, 0.62, 0.81]), np.array([0.9, 0.9, 0.9])
+    edge_colour = 0.8 * red + 0.2 * blue  # 0.17 from the shirt: more than one region tolerance, under two
+    colour = np.tile(red, (n * n, 1))
+    ink = np.zeros((n, n), bool)
+    ink[10:22, 8:24] = True
+    stripes = ink & ((ys // 3) % 2 == 0)  # blue and white stripes, each 3 rows, touching
+    edge = ndimage.binary_dilation(ink, np.ones((3, 3), bool)) & ~ink
+    colour[ink.ravel()] = white
+    colour[stripes.ravel()] = blue
+    colour[edge.ravel()] = edge_colour
+    known = np.ones(n * n, bool)
+    known[(xs < 2).ravel()] = False  # the shirt wraps round out of sight at one side
+    config = CompletionConfig()
+    assert np.linalg.norm(edge_colour - red) > config.region_tolerance and edge.sum() >= config.min_region
+    cleaned = clean_prints(colour, known, faces, config)
+    printed = (ink | edge).ravel()
+    # Exactly the shirt's colour (the mean of identical values), not the edge's 0.17 away.
+    assert np.abs(cleaned[printed] - red).max() < 1e-6, np.abs(cleaned[printed] - red).max()
+    assert np.abs(cleaned[~printed & known] - red).max() < 1e-6  # the shirt itself is untouched
