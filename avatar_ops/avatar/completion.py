@@ -302,11 +302,11 @@ def clean_prints(colour: np.ndarray, known: np.ndarray, faces: np.ndarray, confi
 
 def _clean_compound_prints(out: np.ndarray, known: np.ndarray, seen_edges: np.ndarray, touches_unseen: np.ndarray, config: CompletionConfig) -> np.ndarray:
     """Prints of several colours (stripes, a two-colour logo): a connected group of regions unlike
-    a large ground (every seen region of one colour) that borders only that ground (blends of the
-    ground with the print, a little off its colour, count as ground; blends too small to count
-    are left out), is not much larger than it and does not run along the unseen surface takes
-    the ground's colour, and so do those blends. ``clean_prints``' one-colour rule leaves these,
-    since each stripe meets two colours."""
+    a large ground (every seen region of one colour) that touches that ground and borders nothing
+    else (but blends: regions too small to count, and a thin edge a little off the ground's
+    colour, the ground blended with the print), is not much larger than it and does not run
+    along the unseen surface takes the ground's colour, and so does that edge.
+    ``clean_prints``' one-colour rule leaves these, since each stripe meets two colours."""
     from scipy.sparse.csgraph import connected_components
 
     label, size, mean, cross, pairs = _colour_regions(out, known, seen_edges, config.region_tolerance)
@@ -331,7 +331,7 @@ def _clean_compound_prints(out: np.ndarray, known: np.ndarray, seen_edges: np.nd
         candidate = (distance >= 2 * config.region_tolerance) & (size > 0) & (size < config.max_compound_print_fraction * area) & ~changed
         inner = pairs[candidate[pairs[:, 0]] & candidate[pairs[:, 1]]]
         _, group = connected_components(sparse.coo_matrix((np.ones(len(inner)), (inner[:, 0], inner[:, 1])), shape=(regions, regions)), directed=False)
-        touching = np.unique(group[pairs[blend[pairs[:, 1]] & candidate[pairs[:, 0]], 0]])
+        touching = np.unique(group[pairs[cloth[pairs[:, 1]] & candidate[pairs[:, 0]], 0]])
         for g in touching:
             members = np.nonzero(candidate & (group == g))[0]
             if size[members].sum() > config.max_compound_print_fraction * area:
@@ -342,13 +342,15 @@ def _clean_compound_prints(out: np.ndarray, known: np.ndarray, seen_edges: np.nd
             others = out_edges[:, 1][counted[out_edges[:, 1]]]
             if not blend[others].all():
                 continue  # it meets another colour: a garment between two, not a print
+            halo = np.zeros(regions, bool)
+            halo[others[~cloth[others]]] = True  # the print's blended edge
+            if size[halo].sum() > size[members].sum():
+                continue  # more than a thin edge: a garment of a colour near the ground's
             rim_vertices = np.unique(cross[inside[label[cross[:, 0]]] != inside[label[cross[:, 1]]]].ravel())
             rim = int(inside[label[rim_vertices]].sum())
             unseen = int(unseen_rim[members].sum())
             if unseen > config.max_unseen_edge * (rim + unseen):
                 continue
-            halo = np.zeros(regions, bool)
-            halo[others[~cloth[others]]] = True  # the print's blended edge goes too
             result[(inside | halo)[label] & known] = mean[ground]
             changed[members] = True
             changed[halo] = True
