@@ -72,6 +72,7 @@ class CompletionConfig(FrozenConfig):
     max_unseen_edge: float = Field(0.3, ge=0, le=1, description="A region whose edge runs along the unseen surface for more than this share is a garment of its own, not a print.")
     clean_rounds: int = Field(40, ge=0, description="Most rounds of taking prints out (regions are cut again after each).")
     clean_smoothing: int = Field(0, ge=0, description="Smoothing passes over seen neighbours before regions are cut (against a garment's own texture).")
+    hair_share: float = Field(0.3, gt=0, le=1, description="Share of the seen scalp, farthest in colour from the skin, the hair's colour is read from (when those are unlike the skin; else the whole seen scalp's median).")
     min_region: int = Field(6, ge=1, description="Regions of fewer seen vertices are edge blends, not surroundings of a print.")
     mirror_width: float = Field(0.04, gt=0, description="Width (metres, across the part; a Gaussian's sigma) of the window of seen colours an unseen vertex takes the weighted median of, centred on its mirror image front to back.")
     mirror_height: float = Field(0.006, gt=0, description="Height (metres, along the part's axis; a Gaussian's sigma) of that window: narrower than a ring, so a hem or a belt a few centimetres high comes round at its own height instead of blurring into the ring's other colours.")
@@ -421,7 +422,17 @@ def complete(obs: Observation, rest_vertices: Tensor, rest_keypoints: Tensor, pa
     if skin is None:
         skin = _median_of(colour, weight, np.nonzero((part == Part.HAND) & known)[0], 5)
     skin = np.asarray(config.skin, dtype=np.float64) if skin is None else skin
-    hair = _median_of(colour, weight, np.nonzero(scalp & known)[0], 5)
+    # The scalp the photo shows can take in some forehead (the body's head a little off the
+    # photo's), and a front view shows little of it: the hair is read from the seen scalp's
+    # colours farthest from the skin's (a share of them), where those are unlike the skin; a bald
+    # or skin-toned scalp has none such, and takes the median of all.
+    seen_scalp = np.nonzero(scalp & known)[0]
+    distance = np.linalg.norm(colour[seen_scalp] - skin, axis=1)
+    far = seen_scalp[distance >= np.quantile(distance, 1 - config.hair_share)] if len(seen_scalp) else seen_scalp
+    hair = None
+    if len(far) and np.median(np.linalg.norm(colour[far] - skin, axis=1)) >= 2 * config.region_tolerance:
+        hair = _median_of(colour, weight, far, 5)
+    hair = _median_of(colour, weight, seen_scalp, 5) if hair is None else hair
     hair = skin if hair is None else hair
 
     # Rings: wrap colours, filled along each part, then from counterparts and neighbours.

@@ -330,3 +330,31 @@ def test_a_prints_blended_edge_is_taken_out_with_it():
     # Exactly the shirt's colour (the mean of identical values), not the edge's 0.17 away.
     assert np.abs(cleaned[printed] - red).max() < 1e-6, np.abs(cleaned[printed] - red).max()
     assert np.abs(cleaned[~printed & known] - red).max() < 1e-6  # the shirt itself is untouched
+
+
+def test_the_hair_is_read_where_the_seen_scalp_takes_in_forehead(anny_body):
+    """A front view shows a thin band of scalp, and a body whose head sits a little off the photo's
+    reads forehead onto most of it: the hair is still the hair's colour, not a blend with skin,
+    and so is the back of the head."""
+    from avatar_ops.avatar.completion import CompletionConfig, Observation, complete, head_regions
+    from avatar_ops.avatar.visibility import vertex_normals
+    from avatar_ops.body.base import zero_pose
+
+    colours, rest = painted(anny_body, with_print=False)
+    parts = body_parts(anny_body)
+    normals = vertex_normals(rest, anny_body.faces)
+    front = normals[:, 2] > 0.3
+    with torch.no_grad():
+        keypoints = anny_body(anny_body.default_shape()[None], zero_pose(1)).keypoints[0]
+    _face, scalp = head_regions(rest, keypoints, parts)
+    seen_scalp = torch.nonzero(scalp & front)[:, 0]
+    low = seen_scalp[rest[seen_scalp, 1] <= rest[seen_scalp, 1].quantile(0.6)]
+    colours[low] = torch.tensor(SKIN)  # 60% of the seen scalp shows forehead
+    obs = Observation(
+        colour=colours, weight=front.float(), known=front, facing=normals[:, 2], pixel=rest[:, :2] * torch.tensor([500.0, -500.0]), occluded=torch.zeros_like(front)
+    )  # fmt: skip
+    out = complete(obs, rest, keypoints, parts, anny_body.faces, CompletionConfig())
+    assert len(seen_scalp) >= 10
+    assert delta_e(out.hair, HAIR) < 10, out.hair  # the whole seen scalp's median is the skin's
+    back_of_head = scalp & (normals[:, 2] < -0.5)
+    assert delta_e(out.colour[back_of_head].median(0).values, HAIR) < 10
