@@ -428,10 +428,10 @@ def complete(obs: Observation, rest_vertices: Tensor, rest_keypoints: Tensor, pa
     # or skin-toned scalp has none such, and takes the median of all.
     seen_scalp = np.nonzero(scalp & known)[0]
     distance = np.linalg.norm(colour[seen_scalp] - skin, axis=1)
-    far = seen_scalp[distance >= np.quantile(distance, 1 - config.hair_share)] if len(seen_scalp) else seen_scalp
+    far = distance >= np.quantile(distance, 1 - config.hair_share) if len(seen_scalp) else distance > 0
     hair = None
-    if len(far) and np.median(np.linalg.norm(colour[far] - skin, axis=1)) >= 2 * config.region_tolerance:
-        hair = _median_of(colour, weight, far, 5)
+    if far.any() and np.median(distance[far]) >= 2 * config.region_tolerance:
+        hair = _median_of(colour, weight, seen_scalp[far], 5)
     hair = _median_of(colour, weight, seen_scalp, 5) if hair is None else hair
     hair = skin if hair is None else hair
 
