@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -60,10 +61,13 @@ def painted(body: BodyModel, with_print: bool = True) -> tuple[torch.Tensor, tor
 
 
 def photograph(
-    body: BodyModel, colours: torch.Tensor, size: int = 384, background=(0.0, 0.0, 0.0), pose: torch.Tensor | None = None, facing_away: bool = False
+    body: BodyModel, colours: torch.Tensor, size: int = 384, background=(0.0, 0.0, 0.0), pose: torch.Tensor | None = None, facing_away: bool = False,
+    paint: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Photo:
     """The painted body at 3 m in front of a camera, facing it (or turned away from it), arms
-    lowered unless ``pose`` is given, rendered by the mesh rasteriser 2x supersampled, on ``background``."""
+    lowered unless ``pose`` is given, rendered by the mesh rasteriser 2x supersampled, on ``background``.
+    ``paint`` (rest-pose surface points [..., 3], their interpolated colours [..., 3] -> colours)
+    paints finer than the mesh's vertices: a band with crisp edges."""
     if pose is None:
         pose = zero_pose(1)
         pose[0, 16, 2], pose[0, 17, 2] = -1.2, 1.2  # shoulders down into an A-pose
@@ -83,6 +87,10 @@ def photograph(
     k2[:2] *= ss
     frags = rasterize_mesh(out.vertices[0], body.faces, k2, size * ss, size * ss)
     col = frags.interpolate(colours, body.faces)
+    if paint is not None:
+        with torch.no_grad():
+            rest = body(shape, zero_pose(1)).vertices[0]
+        col = paint(frags.interpolate(rest, body.faces), col)
     bg = torch.tensor(background, dtype=torch.float32)
     image = torch.where(frags.mask[..., None], col, bg)
     pool = lambda t: torch.nn.functional.avg_pool2d(t.permute(2, 0, 1)[None], ss)[0].permute(1, 2, 0)

@@ -1,6 +1,7 @@
 """The body surface's colour field: what the photo shows of it, and a completion of the rest.
 
-The field lives on the body mesh's vertices.
+The field lives on the vertices of the body mesh cut finer (:mod:`avatar_ops.avatar.subdivision`,
+about 1 cm apart on the torso): a hem or a collar is narrower than the body's own vertex rows.
 
 1. **Observation.** Photo pixels inside the person mask are projected back onto the mesh through
    its z-buffer (each pixel to the three corners of the triangle it sees, by barycentric weight,
@@ -10,8 +11,8 @@ The field lives on the body mesh's vertices.
 2. **Completion**, part by part (:mod:`avatar_ops.body.parts`):
    * torso, neck, arms, legs and feet are cut into rings along their axis (rest pose). Prints
      (regions of the seen surface enclosed by another colour) are taken out first. An unknown
-     vertex takes the weighted median of the cleaned colours seen in its ring around its mirror
-     image front to back, so bands, hems, cuffs, sleeves and trouser legs carry over to the back
+     vertex takes the weighted medoid (a colour the photo shows, never a mix of two) of the
+     cleaned colours seen in its ring around its mirror image front to back, so bands, hems, cuffs, sleeves and trouser legs carry over to the back
      and a print on the front does not. Rings the photo does not show at all take the *wrap
      colour* (what the ring's sides show, where a garment wraps round) interpolated along the
      part; a part with no ring seen takes its left/right counterpart, and failing that the
@@ -19,8 +20,9 @@ The field lives on the body mesh's vertices.
    * the head: the scalp (behind the ears, above the brows) takes the hair's colour, never the
      face's; an unseen side of the face takes the other side's, else skin.
    * hands take skin (the face's skin colour); feet keep the shoes' colour.
-   * a Laplacian smoothing over the unknown vertices (known ones fixed, within each ring) blends
-     the seam between seen and completed surface.
+   * a Laplacian smoothing over the unknown vertices (known ones fixed, within each ring, between
+     neighbours of near colours only, so a band keeps its edges) blends the seam between seen
+     and completed surface.
 """
 
 from __future__ import annotations
@@ -73,8 +75,9 @@ class CompletionConfig(FrozenConfig):
     clean_rounds: int = Field(40, ge=0, description="Most rounds of taking prints out (regions are cut again after each).")
     clean_smoothing: int = Field(0, ge=0, description="Smoothing passes over seen neighbours before regions are cut (against a garment's own texture).")
     hair_share: float = Field(0.3, gt=0, le=1, description="Share of the seen scalp, farthest in colour from the skin, the hair's colour is read from (when those are unlike the skin; else the whole seen scalp's median).")
+    surround_hops: int = Field(3, ge=1, description="A print takes the median colour of the garment within this many mesh edges of it (where it lies; a shirt's shading or a sleeve's edge can join a garment's region to the next).")
     min_region: int = Field(6, ge=1, description="Regions of fewer seen vertices are edge blends, not surroundings of a print.")
-    mirror_width: float = Field(0.04, gt=0, description="Width (metres, across the part; a Gaussian's sigma) of the window of seen colours an unseen vertex takes the weighted median of, centred on its mirror image front to back.")
+    mirror_width: float = Field(0.04, gt=0, description="Width (metres, across the part; a Gaussian's sigma) of the window of seen colours an unseen vertex takes the weighted medoid of, centred on its mirror image front to back.")
     mirror_height: float = Field(0.006, gt=0, description="Height (metres, along the part's axis; a Gaussian's sigma) of that window: narrower than a ring, so a hem or a belt a few centimetres high comes round at its own height instead of blurring into the ring's other colours.")
     smooth_iters: int = Field(20, ge=0, description="Laplacian smoothing passes over the unseen vertices.")
     skin: tuple[float, float, float] = Field((0.80, 0.62, 0.50), description="Skin colour (linear RGB) when the photo shows no face.")
@@ -224,11 +227,23 @@ def _colour_regions(colour: np.ndarray, known: np.ndarray, seen_edges: np.ndarra
     return label, size, mean, cross, pairs
 
 
+def _surrounding(colour: np.ndarray, start: np.ndarray, pool: np.ndarray, adjacency: sparse.csr_matrix, hops: int) -> np.ndarray | None:
+    """The median colour of the ``pool`` vertices within ``hops`` mesh edges of the ``start``
+    vertices ([V] bool masks): what surrounds a print where it lies. A region's mean would not
+    do: regions grow through gradual blends (a shirt's shading, a sleeve's edge blending into the
+    arm), so a shirt's region can take in the skin, and its mean is neither."""
+    reach = start.astype(np.float64)
+    for _ in range(hops):
+        reach = adjacency @ reach
+    near = (reach > 0) & pool
+    return np.median(colour[near], axis=0) if near.any() else None
+
+
 def clean_prints(colour: np.ndarray, known: np.ndarray, faces: np.ndarray, config: CompletionConfig, hidden: np.ndarray | None = None) -> np.ndarray:
     """The seen surface's colours with its prints taken out, so they are not carried round to the
     back: the seen vertices are cut into regions of similar colour (mesh neighbours closer than
     ``region_tolerance``), and a region enclosed by one other colour (the garment round a logo,
-    the skin round an eye) takes that colour, smallest regions first, until none is left. A
+    the skin round an eye) takes that colour (the median of it within a few edges), smallest regions first, until none is left. A
     region that reaches the unseen surface along much of its edge (a sleeve, the hair) or meets
     two different colours (a hem between a shirt and trousers) is a garment of its own and stays.
 
@@ -252,6 +267,8 @@ def clean_prints(colour: np.ndarray, known: np.ndarray, faces: np.ndarray, confi
         smooth = (adj @ (smooth * w[:, None])) / np.maximum(adj @ w, 1e-9)[:, None]
     smooth = np.where(known[:, None], smooth, 0.0)
     seen_edges = edges[known[edges[:, 0]] & known[edges[:, 1]]]
+    seen_adjacency = sparse.coo_matrix((np.ones(len(seen_edges) * 2), (np.r_[seen_edges[:, 0], seen_edges[:, 1]], np.r_[seen_edges[:, 1], seen_edges[:, 0]])), shape=(num, num)).tocsr()
+    seen_adjacency = seen_adjacency + sparse.identity(num, format="csr")
     touches_unseen = np.zeros(num, bool)
     away = ~known if hidden is None else ~known & ~hidden  # unseen because it faces away
     border = edges[(known[edges[:, 0]] & away[edges[:, 1]]) | (away[edges[:, 0]] & known[edges[:, 1]])]
@@ -291,17 +308,21 @@ def clean_prints(colour: np.ndarray, known: np.ndarray, faces: np.ndarray, confi
             colours = mean[around]
             if np.linalg.norm(colours - colours[0], axis=1).max() >= config.region_tolerance:
                 continue
-            out[by_label[member_first[region] : member_last[region]]] = np.average(colours, axis=0, weights=size[around])
+            members = by_label[member_first[region] : member_last[region]]
+            start = np.zeros(num, bool)
+            start[members] = True
+            fill = _surrounding(out, start, known & np.isin(label, around), seen_adjacency, config.surround_hops)
+            out[members] = np.average(colours, axis=0, weights=size[around]) if fill is None else fill
             changed[region] = True
             changed[around] = True
             any_change = True
         if not any_change:
             break
-    out = _clean_compound_prints(out, known, seen_edges, touches_unseen, config)
+    out = _clean_compound_prints(out, known, seen_edges, seen_adjacency, touches_unseen, config)
     return np.where(known[:, None], out, colour)
 
 
-def _clean_compound_prints(out: np.ndarray, known: np.ndarray, seen_edges: np.ndarray, touches_unseen: np.ndarray, config: CompletionConfig) -> np.ndarray:
+def _clean_compound_prints(out: np.ndarray, known: np.ndarray, seen_edges: np.ndarray, seen_adjacency: sparse.csr_matrix, touches_unseen: np.ndarray, config: CompletionConfig) -> np.ndarray:
     """Prints of several colours (stripes, a two-colour logo): a connected group of regions unlike
     a large ground (every seen region of one colour) that touches that ground and borders nothing
     else (but blends: regions too small to count, and a thin edge a little off the ground's
@@ -352,7 +373,9 @@ def _clean_compound_prints(out: np.ndarray, known: np.ndarray, seen_edges: np.nd
             unseen = int(unseen_rim[members].sum())
             if unseen > config.max_unseen_edge * (rim + unseen):
                 continue
-            result[(inside | halo)[label] & known] = mean[ground]
+            taken = (inside | halo)[label] & known
+            fill = _surrounding(out, taken, cloth[label] & known, seen_adjacency, config.surround_hops)
+            result[taken] = mean[ground] if fill is None else fill
             changed[members] = True
             changed[halo] = True
     return result
@@ -363,28 +386,29 @@ def _medoid(colours: np.ndarray) -> np.ndarray:
     return colours[int(np.argmin(np.abs(colours[:, None] - colours[None]).sum((1, 2))))]
 
 
-def _rowwise_weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """[D, C] donor values and [T, D] weights (some zero) -> [T, C] per-channel weighted medians."""
-    out = np.empty((weights.shape[0], values.shape[1]))
-    for c in range(values.shape[1]):
-        order = np.argsort(values[:, c])
-        cum = np.cumsum(weights[:, order], 1)
-        pick = (cum < 0.5 * cum[:, -1:]).sum(1)
-        out[:, c] = values[order[np.minimum(pick, len(order) - 1)], c]
-    return out
+def _rowwise_weighted_medoid(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """[D, C] donor values and [T, D] weights (some zero) -> [T, C]: for each row, the donor
+    value closest, in weighted sum of distances, to the others. Unlike a per-channel median it is
+    always a colour the photo shows: donors half white, half red give white or red, not pink."""
+    distance = np.linalg.norm(values[:, None] - values[None], axis=-1)  # [D, D]
+    cost = weights @ distance  # [T, D]
+    cost = np.where(weights > 0, cost, np.inf)
+    return values[np.argmin(cost, axis=1)]
 
 
 def _median_of(colour: np.ndarray, weight: np.ndarray, index: np.ndarray, min_count: int) -> np.ndarray | None:
     return _weighted_median(colour[index], weight[index]) if len(index) >= min_count else None
 
 
-def surface_adjacency(faces: np.ndarray, num: int, same: np.ndarray) -> sparse.csr_matrix:
+def surface_adjacency(faces: np.ndarray, num: int, same: np.ndarray, colour: np.ndarray | None = None, tolerance: float = np.inf) -> sparse.csr_matrix:
     """The averaging operator of mesh neighbourhoods: each vertex with the neighbours it shares a
-    ``same`` label with (row-normalised, the vertex itself included, so one with no such
-    neighbour keeps its value)."""
+    ``same`` label with (and, given [V, 3] ``colour``, is closer than ``tolerance`` to in it),
+    row-normalised, the vertex itself included, so one with no such neighbour keeps its value."""
     edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
     edges = np.concatenate([edges, edges[:, ::-1]])
     edges = edges[same[edges[:, 0]] == same[edges[:, 1]]]
+    if colour is not None:
+        edges = edges[np.linalg.norm(colour[edges[:, 0]] - colour[edges[:, 1]], axis=1) < tolerance]
     edges = np.concatenate([edges, np.repeat(np.arange(num)[:, None], 2, 1)])
     adj = sparse.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(num, num)).tocsr()
     adj.data[:] = 1.0  # duplicate edges count once
@@ -491,7 +515,7 @@ def complete(obs: Observation, rest_vertices: Tensor, rest_keypoints: Tensor, pa
         out[todo] = np.stack([np.interp(ring[todo], ids, colours[:, c]) for c in range(3)], 1)
         filled[todo] = True
         # Front to back: the cleaned colours seen in the ring around the vertex's mirror image
-        # through the ring's centre (a weighted median), so hems, cuffs, a tank top's armholes and
+        # through the ring's centre (a weighted medoid), so hems, cuffs, a tank top's armholes and
         # a jacket's panels come round as they are, and prints (cleaned away) do not.
         # The window is narrow along the part's axis (``mirror_height``), so bands come round at
         # their own height; a vertex with no seen surface that near takes its ring's.
@@ -513,7 +537,7 @@ def complete(obs: Observation, rest_vertices: Tensor, rest_keypoints: Tensor, pa
                 w = np.where(near[:, None], w, same_ring)
                 has = w.sum(1) > 1e-6
                 if has.any():
-                    out[targets[has]] = _rowwise_weighted_median(cleaned[donors], w[has])
+                    out[targets[has]] = _rowwise_weighted_medoid(cleaned[donors], w[has])
 
     # Head: scalp -> hair; an unseen side of the face -> the other side's, else skin.
     # (After the rings: the nape is neck, but hair may cover it. How far is not in a front view:
@@ -541,11 +565,12 @@ def complete(obs: Observation, rest_vertices: Tensor, rest_keypoints: Tensor, pa
     filled |= part == Part.HAND
 
     # Smooth the completion (not the photo) around each ring, and within the other parts, so the
-    # seam between seen and completed surface blends without blurring one ring into the next.
+    # seam between seen and completed surface blends without blurring one ring into the next, nor
+    # a band within a ring into the garment beside it (only neighbours of near colours average).
     free = ~known & (part != Part.HAND)
     if config.smooth_iters and free.any():
         label = np.where(ring_key.numpy() >= 0, ring_key.numpy() + 100, part)
-        adj = surface_adjacency(faces_np, num, label)
+        adj = surface_adjacency(faces_np, num, label, out, 2 * config.region_tolerance)
         for _ in range(config.smooth_iters):
             out[free] = (adj @ out)[free]
 

@@ -36,6 +36,7 @@ from avatar_ops.avatar.completion import (
 )
 from avatar_ops.avatar.limits import PartLimits
 from avatar_ops.avatar.model import GaussianAvatar, triangle_frames
+from avatar_ops.avatar.subdivision import Subdivision
 from avatar_ops.avatar.visibility import MeshView, mesh_view, vertex_normals
 from avatar_ops.body.base import BodyModel, BodyOperator
 from avatar_ops.body.parts import Part, body_parts, head_regions
@@ -183,6 +184,11 @@ class ReconstructionOperator(BodyOperator):
         super().__init__(config, body)
         self.parts = body_parts(body)
         self.face_parts = self.parts.of_faces(body.faces)
+        # The colour field lives on the body mesh cut finer (hems and collars are narrower than
+        # the body's own vertex spacing).
+        self.fine = Subdivision.of(body.faces, body.num_vertices)
+        self.fine_parts = self.fine.labels(self.parts)
+        self.fine_face_part = self.fine.face_labels(self.face_parts.part)
 
     def __call__(self, items: Sequence[ReconstructInput]) -> list[ReconstructResult | Rejected]:
         out: list[ReconstructResult | Rejected] = []
@@ -214,8 +220,9 @@ class ReconstructionOperator(BodyOperator):
             # No mask: the body's own silhouette stands in for it (nothing is pushed out).
             mask = torch.nn.functional.interpolate(view.frags.mask.float()[None, None], size=(track.height, track.width), mode="nearest")[0, 0] > 0.5
         image = torch.from_numpy(rgb).to(dev).float() / 255.0
-        obs = observe(image, mask, view, verts, faces, normals, cfg.completion, self.face_parts.part)
-        completion = complete(obs, rest.vertices[0], rest.keypoints[0], self.parts, faces, cfg.completion)
+        fine_verts = self.fine.vertices(verts)
+        obs = observe(image, mask, self.fine.view(view), fine_verts, self.fine.faces, vertex_normals(fine_verts, self.fine.faces), cfg.completion, self.fine_face_part)
+        completion = complete(obs, self.fine.vertices(rest.vertices[0]), rest.keypoints[0], self.fine_parts, self.fine.faces, cfg.completion)
 
         # Where the photo shows the surface it has detail to hold: more, smaller Gaussians there;
         # the completed rest is smooth and takes fewer, larger ones.
@@ -249,7 +256,8 @@ class ReconstructionOperator(BodyOperator):
         if int(seen.sum()) < MIN_SEEN:
             return Rejected("reconstruction_failed", f"only {int(seen.sum())} of {len(part)} surface points are visible in the photo")
         uv = project(pushed[None], k[None])[0]
-        colour = (layout.bary[:, :, None] * completion.colour[corners]).sum(1)
+        fine_face, fine_bary = self.fine.locate(layout.face, layout.bary)
+        colour = (fine_bary[:, :, None] * completion.colour[self.fine.faces[fine_face]]).sum(1)
         colour = torch.where(seen[:, None], _sample_image(image, uv), colour)
         colour = self._patch_colours(colour, seen, points, verts, k, image, mask, track)
         avatar = layout.avatar(body.name, shape[0], colour, pose[0], transl[0], k, track.width, track.height, cfg.initial_opacity, offset)

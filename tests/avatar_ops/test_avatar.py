@@ -389,3 +389,37 @@ def test_silhouette_follows_the_root_translation(reconstructed, anny_body):
     focal = 0.5 * size / math.tan(math.radians(20.0))  # orbit_cameras' default 40-degree field of view
     expected = focal * shift.numpy() / distance  # pixels; +x is image right for a camera in front
     np.testing.assert_allclose(np.array(centroids) - centroids[0], expected, atol=2.0)
+
+
+def test_the_finer_colour_mesh_is_the_same_surface(anny_body):
+    """The colour field's subdivided mesh: a point given on the body mesh (face, barycentrics) is
+    the same point on the finer mesh, and the body's z-buffer read as the finer mesh's shows the
+    same surface at every pixel."""
+    from avatar_ops.avatar.subdivision import Subdivision
+    from avatar_ops.avatar.visibility import mesh_view
+    from avatar_ops.body.base import zero_pose
+    from avatar_ops.render.camera import intrinsics_for
+
+    faces = anny_body.faces
+    fine = Subdivision.of(faces, anny_body.num_vertices)
+    assert fine.faces.shape == (4 * len(faces), 3)
+    assert int(fine.faces.max()) + 1 == anny_body.num_vertices + len(fine.edges)
+    with torch.no_grad():
+        verts = anny_body(anny_body.default_shape()[None], zero_pose(1)).vertices[0] + torch.tensor([0.0, 0.0, 3.0])
+    fine_verts = fine.vertices(verts)
+    generator = torch.Generator().manual_seed(0)
+    face = torch.randint(len(faces), (5000,), generator=generator)
+    bary = torch.distributions.Dirichlet(torch.ones(3)).sample((5000,))
+    bary[:3] = torch.eye(3)  # the corners themselves
+    child, fine_bary = fine.locate(face, bary)
+    assert (fine_bary >= 0).all() and torch.allclose(fine_bary.sum(1), torch.ones(5000), atol=1e-6)
+    coarse_point = (bary[:, :, None] * verts[faces[face]]).sum(1)
+    fine_point = (fine_bary[:, :, None] * fine_verts[fine.faces[child]]).sum(1)
+    # Positions about 3 m from the origin in float32 (a few ulps of 2.4e-7 each): 1e-5 m is wide.
+    assert (coarse_point - fine_point).norm(dim=1).max() < 1e-5
+    view = mesh_view(verts, faces, torch.from_numpy(intrinsics_for(256, 256, 1.2)), 256, 256, 256)
+    assert view.frags.mask.sum() > 1000
+    coarse_image = view.frags.interpolate(verts, faces)
+    fine_image = fine.view(view).frags.interpolate(fine_verts, fine.faces)
+    assert torch.equal(fine.view(view).frags.mask, view.frags.mask)
+    assert (coarse_image - fine_image).norm(dim=-1).max() < 1e-5
