@@ -141,11 +141,14 @@ def readable(mask: Tensor, view: MeshView, config: CompletionConfig, face_part: 
     body = view.frags.mask
     body_dist = torch.from_numpy(ndimage.distance_transform_edt(body.cpu().numpy())).to(dist)
     dist = torch.minimum(torch.where(inside, dist, torch.zeros_like(dist)), body_dist)
-    margin = torch.full_like(dist, margin_pixels(inside, config))
-    if face_part is not None:
-        on_foot = body & (face_part[view.frags.face.clamp(min=0)] == Part.FOOT)
-        margin = torch.where(on_foot, margin_pixels(inside, config, foot=True), margin)
-    return dist > margin, dist
+    on_foot = body & (face_part[view.frags.face.clamp(min=0)] == Part.FOOT) if face_part is not None else torch.zeros_like(body)
+    return dist > part_margins(inside, config, on_foot), dist
+
+
+def part_margins(small_mask: Tensor, config: CompletionConfig, foot: Tensor) -> Tensor:
+    """The unread band's width (z-buffer pixels) for each element of ``foot`` (bool): the feet's
+    where it is set, the rest's elsewhere."""
+    return torch.where(foot, margin_pixels(small_mask, config, foot=True), margin_pixels(small_mask, config))
 
 
 def margin_pixels(small_mask: Tensor, config: CompletionConfig, foot: bool = False) -> float:

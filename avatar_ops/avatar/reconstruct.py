@@ -28,8 +28,8 @@ from avatar_ops.avatar.completion import (
     CompletionConfig,
     complete,
     edge_distance,
-    margin_pixels,
     observe,
+    part_margins,
     readable,
     rings,
     surface_adjacency,
@@ -246,7 +246,7 @@ class ReconstructionOperator(BodyOperator):
         # and where the Gaussian sits once pushed out (clothing), so no background is read.
         on_body, _ = readable(mask, view, cfg.completion, self.face_parts.part)
         small_mask, dist = edge_distance(mask, view.width, view.height)
-        margin = torch.where(part == Part.FOOT, margin_pixels(small_mask, cfg.completion, foot=True), margin_pixels(small_mask, cfg.completion))
+        margin = part_margins(small_mask, cfg.completion, part == Part.FOOT)
 
         def at(where: Tensor, points: Tensor) -> Tensor:
             px = view.pixels(points).floor().long()
