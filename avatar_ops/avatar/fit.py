@@ -207,6 +207,7 @@ class _Problem:
     transls: list[Tensor]
     weights: list[float]
     read: Tensor  # [N] bool: Gaussians whose colour reconstruction read from the photo
+    placed: Tensor  # [N] bool: Gaussians on parts the photo places (feet out of frame are not)
 
 
 class FittingOperator(BodyOperator):
@@ -308,7 +309,7 @@ class FittingOperator(BodyOperator):
             movable = m
             labelled = torch.stack([w for w, _, _ in g[1:]]).amax(0) > 0 if len(g) > 1 else torch.zeros_like(p.read)
             readable = (p.read | labelled) if cfg.colour_where_read else torch.ones_like(p.read)
-            colour = (s > 0).float() * (readable & ((part != Part.HAND) | cfg.fit_hand_colours)).float()
+            colour = (s > 0).float() * (readable & p.placed & ((part != Part.HAND) | cfg.fit_hand_colours)).float()
             for name in self.PARAMS:
                 keep = colour if name == "color" else movable
                 q[name].register_hook(lambda grad, keep=keep: grad * keep.view(-1, *([1] * (grad.ndim - 1))))
@@ -386,7 +387,8 @@ class FittingOperator(BodyOperator):
         cams = avatar.source_camera(scale)
         image = torch.from_numpy(np.ascontiguousarray(rgb)).to(dev).float().permute(2, 0, 1)[None] / 255.0
         image = F.interpolate(image, size=(cams.height, cams.width), mode="area")[0].permute(1, 2, 0)
-        problem = _Problem(avatar, rec.neighbours.to(dev), [image], [self._photo_mask(rec, cams)], [cams], [avatar.source_pose], [avatar.source_transl], [1.0], rec.seen.to(dev))
+        placed = rec.placed.to(dev) if rec.placed is not None else torch.ones_like(rec.seen, device=dev)
+        problem = _Problem(avatar, rec.neighbours.to(dev), [image], [self._photo_mask(rec, cams)], [cams], [avatar.source_pose], [avatar.source_transl], [1.0], rec.seen.to(dev), placed)
         for label in labels:
             image, mask, cam = self._label_at_resolution(label, resolution)
             problem.images.append(image)

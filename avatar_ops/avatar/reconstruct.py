@@ -6,7 +6,9 @@
    completed part by part (:mod:`avatar_ops.avatar.completion`).
 3. A Gaussian is *seen* when the z-buffer shows its surface point, its triangle faces the camera
    (not edge-on), and it lies inside the mask away from its edge. Seen Gaussians take the photo's
-   colour at their pixel; all others take the completed field. Hands always take skin.
+   colour at their pixel; all others take the completed field. Hands always take skin. Feet and
+   shins whose keypoints the photo does not show (out of frame) are never seen: a half-body
+   photo's fitted legs are a guess, and their feet would read whatever the frame shows there.
 4. Clothing and hair: where the mask reaches beyond the body, the body's outline is pushed out
    along its normals to the mask's edge, and every ring of the part (front, sides and back) is
    pushed by its outline's median, so a coat is as wide behind as in front.
@@ -39,12 +41,16 @@ from avatar_ops.avatar.model import GaussianAvatar, triangle_frames
 from avatar_ops.avatar.subdivision import Subdivision
 from avatar_ops.avatar.visibility import MeshView, mesh_view, vertex_normals
 from avatar_ops.body.base import BodyModel, BodyOperator
-from avatar_ops.body.parts import Part, body_parts, head_regions
+from avatar_ops.body.base import KEYPOINT_NAMES
+from avatar_ops.body.parts import BodyParts, Part, body_parts, head_regions
 from avatar_ops.render.camera import project
 from avatar_ops.tracking.operator import TrackResult
 from avatar_ops.types import FrozenConfig, Rejected
 
 MIN_SEEN = 10  # fewer seen Gaussians than this rejects the photo
+# Parts the photo places only when it shows one of these keypoints on their side (a half-body
+# photo's fitted legs are a guess, and wherever their feet land in the frame is not them).
+PLACED_BY = {Part.FOOT: ("ankle", "heel", "big_toe", "small_toe"), Part.SHIN: ("knee", "ankle")}
 PUSH_STEPS = 16  # samples along a normal when pushing the outline out to the mask's edge
 
 
@@ -66,6 +72,7 @@ class ReconstructConfig(FrozenConfig):
     thickness: float = Field(0.1, gt=0, le=1, description="Scale along the normal as a fraction of the in-surface scale.")
     inward: float = Field(0.4, ge=0, le=1, description="Gaussians sit this many in-surface scales below the surface, so their footprints end where the surface does (outlines from every side as tight as the body's).")
     seed: int = Field(0, description="Seeds the surface sampling.")
+    min_keypoint_confidence: float = Field(0.3, ge=0, le=1, description="Feet and shins whose keypoints are all below this confidence (out of frame) neither read the photo nor take its colour in the fit.")
 
 
 @dataclasses.dataclass
@@ -81,13 +88,16 @@ class ReconstructResult:
     """The avatar of one photo plus what it took: ``neighbours`` [N, k] surface neighbours (rest
     pose), ``seen`` [N] bool (coloured from the photo), the photo's person ``mask`` [H, W] bool
     (None without one), and quality figures (``coverage_*``: the fraction of each part group
-    the photo shows)."""
+    the photo shows). ``placed`` [N] bool: Gaussians on parts the photo places (None: all); the
+    rest, on feet and shins whose keypoints are out of frame, neither read the photo nor take
+    its colour in the fit."""
 
     avatar: GaussianAvatar
     neighbours: Tensor
     seen: Tensor
     mask: Tensor | None
     quality: dict[str, float]
+    placed: Tensor | None = None
 
 
 @dataclasses.dataclass
@@ -222,6 +232,8 @@ class ReconstructionOperator(BodyOperator):
         image = torch.from_numpy(rgb).to(dev).float() / 255.0
         fine_verts = self.fine.vertices(verts)
         obs = observe(image, mask, self.fine.view(view), fine_verts, self.fine.faces, vertex_normals(fine_verts, self.fine.faces), cfg.completion, self.fine_face_part)
+        placed_vertex = self._placed(track.keypoints, self.fine_parts)
+        obs = dataclasses.replace(obs, known=obs.known & placed_vertex, weight=torch.where(placed_vertex, obs.weight, torch.zeros_like(obs.weight)))
         completion = complete(obs, self.fine.vertices(rest.vertices[0]), rest.keypoints[0], self.fine_parts, self.fine.faces, cfg.completion)
 
         # Where the photo shows the surface it has detail to hold: more, smaller Gaussians there;
@@ -252,7 +264,8 @@ class ReconstructionOperator(BodyOperator):
             px = view.pixels(points).floor().long()
             return where[px[:, 1].clamp(0, view.height - 1), px[:, 0].clamp(0, view.width - 1)]
 
-        seen = visible & (facing >= cfg.seen_facing) & at(on_body, points) & at(small_mask, pushed) & (at(dist, pushed) > margin) & (part != Part.HAND)
+        placed = self._placed(track.keypoints, self.face_parts)[layout.face]
+        seen = visible & (facing >= cfg.seen_facing) & at(on_body, points) & at(small_mask, pushed) & (at(dist, pushed) > margin) & (part != Part.HAND) & placed
         if int(seen.sum()) < MIN_SEEN:
             return Rejected("reconstruction_failed", f"only {int(seen.sum())} of {len(part)} surface points are visible in the photo")
         uv = project(pushed[None], k[None])[0]
@@ -272,7 +285,18 @@ class ReconstructionOperator(BodyOperator):
         }  # fmt: skip
         if has_mask:
             quality["mask_coverage"], quality["mask_iou"] = silhouette_agreement(avatar, body, mask)
-        return ReconstructResult(avatar=avatar, neighbours=neighbours, seen=seen, mask=mask if has_mask else None, quality=quality)
+        return ReconstructResult(avatar=avatar, neighbours=neighbours, seen=seen, mask=mask if has_mask else None, quality=quality, placed=placed)
+
+    def _placed(self, keypoints: np.ndarray, parts: BodyParts) -> Tensor:
+        """[len(parts)] bool: False on the feet and shins (:data:`PLACED_BY`) of a side whose
+        keypoints ([K, 3] x, y, confidence) are all below ``min_keypoint_confidence``."""
+        placed = torch.ones_like(parts.part, dtype=torch.bool)
+        for part, names in PLACED_BY.items():
+            for side, prefix in ((1, "left"), (-1, "right")):
+                confidence = max(float(keypoints[KEYPOINT_NAMES.index(f"{prefix}_{name}"), 2]) for name in names)
+                if confidence < self.config.min_keypoint_confidence:
+                    placed &= ~((parts.part == part) & (parts.side == side))
+        return placed
 
     def _patch_colours(self, colour: Tensor, seen: Tensor, points: Tensor, verts: Tensor, k: Tensor, image: Tensor, mask: Tensor, track: TrackResult) -> Tensor:
         """Seen Gaussians' colours as the mean of the photo's pixels whose surface point is

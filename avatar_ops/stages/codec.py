@@ -56,6 +56,8 @@ def payload_to_bytes(payload: Payload) -> bytes:
         rec = payload.reconstruction
         meta["reconstruction"] = {"quality": rec.quality}
         arrays.update({"reconstruction.avatar": _bundle_array(rec.avatar), "reconstruction.neighbours": rec.neighbours.cpu().numpy(), "reconstruction.seen": rec.seen.cpu().numpy()})
+        if rec.placed is not None:
+            arrays["reconstruction.placed"] = rec.placed.cpu().numpy()
         if rec.mask is not None:
             arrays["reconstruction.mask"] = rec.mask.cpu().numpy()
     if payload.synthesis is not None:
@@ -88,7 +90,7 @@ def payload_from_bytes(data: bytes, device: torch.device | str = "cpu") -> Paylo
         payload.reconstruction = ReconstructResult(
             avatar=avatar_from_bytes(arrays["reconstruction.avatar"].tobytes()).to(device), neighbours=tensor("reconstruction.neighbours"),
             seen=tensor("reconstruction.seen"), mask=tensor("reconstruction.mask") if "reconstruction.mask" in arrays else None,
-            quality=meta["reconstruction"]["quality"],
+            quality=meta["reconstruction"]["quality"], placed=tensor("reconstruction.placed") if "reconstruction.placed" in arrays else None,
         )  # fmt: skip
     if "synthesis" in meta:
         syn = meta["synthesis"]

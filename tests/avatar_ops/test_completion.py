@@ -13,10 +13,12 @@ import torch
 from scipy import ndimage
 from skimage.color import deltaE_cie76, rgb2lab
 
+from avatar_ops.avatar.completion import CompletionConfig
 from avatar_ops.avatar.fit import FitConfig, FitInput, FittingOperator
 from avatar_ops.avatar.limits import PartLimits
 from avatar_ops.avatar.model import body_surface
 from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructInput, ReconstructionOperator, ReconstructResult
+from avatar_ops.body.base import KEYPOINT_NAMES
 from avatar_ops.body.parts import PART_NAMES, Part, body_parts
 from tests.synthetic_people import HAIR, PALETTE, PRINT, SHIRT, SHOES, SKIN, TROUSERS, painted, photograph
 
@@ -388,3 +390,31 @@ def test_a_hem_finer_than_the_body_mesh_comes_round_whole(anny_body, reconstruct
     # Measured 0.9 / 0.3 / 0.2; the body's own vertices gave the hem 34 (pink: white and shirt
     # averaged over a row), and smoothing within a whole ring gave 15.
     assert got["hem"] < 8 and got["above"] < 5 and got["below"] < 5, got
+
+
+def test_feet_out_of_frame_do_not_take_what_the_frame_shows_there(anny_body, reconstructor):
+    """A half-body photo's fitted legs are a guess: where its feet land in the frame is not them.
+    With the feet's and shins' keypoints out of frame (confidence 0), the feet (painted a colour
+    no garment has) read nothing, neither in reconstruction nor in the fit, and keep the
+    completion's shoes; with the keypoints shown, the same feet read that colour."""
+    colours, _ = painted(anny_body, with_print=False)
+    part = body_parts(anny_body).part
+    colours[part == Part.FOOT] = torch.tensor(PRINT)
+    shot = photograph(anny_body, colours)
+    hidden = dataclasses.replace(shot.track, keypoints=shot.track.keypoints.copy())
+    for name in ("knee", "ankle", "heel", "big_toe", "small_toe"):
+        for side in ("left", "right"):
+            hidden.keypoints[KEYPOINT_NAMES.index(f"{side}_{name}"), 2] = 0.0
+    gpart = body_parts(anny_body).of_faces(anny_body.faces).part
+    ink = torch.tensor(PRINT)
+    for track, shown in ((shot.track, True), (hidden, False)):
+        rec = reconstructor([ReconstructInput(track, shot.rgb)])[0]
+        feet = gpart[rec.avatar.face] == Part.FOOT
+        inked = (rec.avatar.color[feet] - ink).norm(dim=1) < 0.2
+        if shown:
+            assert rec.seen[feet].float().mean() > 0.2 and inked.float().mean() > 0.2, (rec.seen[feet].float().mean(), inked.float().mean())
+            continue
+        assert not rec.seen[feet].any() and not rec.placed[feet].any() and inked.float().mean() < 0.02
+        assert delta_e(rec.avatar.color[feet].median(0).values, CompletionConfig().shoes) < 10
+        fitted = FittingOperator(FitConfig(iters=10, resolution=128), anny_body)([FitInput(rec, shot.rgb)])[0].avatar
+        torch.testing.assert_close(fitted.color[feet], rec.avatar.color[feet], rtol=0, atol=0)

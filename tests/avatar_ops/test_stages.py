@@ -84,7 +84,7 @@ def test_payload_bytes_round_trip_exactly(anny_body, shot):
     assert (back.image.format, back.image.mode) == ("png", "RGBA")
     assert back.track.to_json() == payload.track.to_json()
     np.testing.assert_array_equal(back.track.mask, payload.track.mask)
-    for name in ("neighbours", "seen", "mask"):
+    for name in ("neighbours", "seen", "mask", "placed"):
         torch.testing.assert_close(getattr(back.reconstruction, name), getattr(payload.reconstruction, name), atol=0, rtol=0)
     for avatar, original in ((back.reconstruction.avatar, payload.reconstruction.avatar), (back.avatar, payload.avatar)):
         for f in dataclasses.fields(original):
