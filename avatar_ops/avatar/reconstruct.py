@@ -40,8 +40,7 @@ from avatar_ops.avatar.limits import PartLimits
 from avatar_ops.avatar.model import GaussianAvatar, triangle_frames
 from avatar_ops.avatar.subdivision import Subdivision
 from avatar_ops.avatar.visibility import MeshView, mesh_view, vertex_normals
-from avatar_ops.body.base import BodyModel, BodyOperator
-from avatar_ops.body.base import KEYPOINT_NAMES
+from avatar_ops.body.base import KEYPOINT_NAMES, BodyModel, BodyOperator
 from avatar_ops.body.parts import BodyParts, Part, body_parts, head_regions
 from avatar_ops.render.camera import project
 from avatar_ops.tracking.operator import TrackResult
