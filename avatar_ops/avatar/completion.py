@@ -12,10 +12,10 @@ about 1 cm apart on the torso): a hem or a collar is narrower than the body's ow
    * torso, neck, arms, legs and feet are cut into rings along their axis (rest pose). Prints
      (regions of the seen surface enclosed by another colour) are taken out first. An unknown
      vertex takes the weighted medoid (a colour the photo shows, never a mix of two) of the
-     cleaned colours seen in its ring around its mirror image front to back, so bands, hems, cuffs, sleeves and trouser legs carry over to the back
-     and a print on the front does not. Rings the photo does not show at all take the *wrap
-     colour* (what the ring's sides show, where a garment wraps round) interpolated along the
-     part; a part with no ring seen takes its left/right counterpart, and failing that the
+     cleaned colours seen in its ring around its mirror image front to back, so bands, hems,
+     cuffs, sleeves and trouser legs carry over to the back and a print on the front does not.
+     Rings the photo does not show at all take the *wrap colour* (what the ring's sides show,
+     where a garment wraps round) interpolated along the part; a part with no ring seen takes its left/right counterpart, and failing that the
      neighbouring part (legs out of frame continue the lowest garment seen).
    * the head: the scalp (behind the ears, above the brows) takes the hair's colour, never the
      face's; an unseen side of the face takes the other side's, else skin.
@@ -246,8 +246,8 @@ def clean_prints(colour: np.ndarray, known: np.ndarray, faces: np.ndarray, confi
     """The seen surface's colours with its prints taken out, so they are not carried round to the
     back: the seen vertices are cut into regions of similar colour (mesh neighbours closer than
     ``region_tolerance``), and a region enclosed by one other colour (the garment round a logo,
-    the skin round an eye) takes that colour (the median of it within a few edges), smallest regions first, until none is left. A
-    region that reaches the unseen surface along much of its edge (a sleeve, the hair) or meets
+    the skin round an eye) takes that colour (the median of it within a few edges), smallest
+    regions first, until none is left. A region that reaches the unseen surface along much of its edge (a sleeve, the hair) or meets
     two different colours (a hem between a shirt and trousers) is a garment of its own and stays.
 
     Args:
