@@ -251,7 +251,11 @@ def cmd_animate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _outcome_table(summary: dict) -> str:
+#: `batch`'s exit status when more rows failed than the job allows.
+EXIT_TOO_MANY_FAILED = 3
+
+
+def _outcome_table(summary: dict, threshold_source: str) -> str:
     lines = [f"{'status':<10} {'reason':<28} {'rows':>6}"]
     for key, count in sorted(summary["reasons"].items()):
         status, reason = key.split(":", 1)
@@ -259,38 +263,62 @@ def _outcome_table(summary: dict) -> str:
     if summary["statuses"].get("ok"):
         lines.append(f"{'ok':<10} {'':<28} {summary['statuses']['ok']:>6}")
     lines.append(f"{'total':<10} {'':<28} {summary['rows']:>6}   ({summary['resumed']} already done, {summary['wall_seconds']:.0f}s)")
+    failed = summary["statuses"].get("failed", 0)
+    verdict = "passed" if summary["passed"] else f"FAILED (exit {EXIT_TOO_MANY_FAILED})"
+    lines.append(
+        f"failed rows: {failed} of {summary['rows']} ({100 * summary['failed_ratio']:.2f}%); "
+        f"max_failed_ratio {summary['max_failed_ratio']:g} ({threshold_source}): {verdict}"
+    )
     return "\n".join(lines)
+
+
+def _threshold_source(args: argparse.Namespace, config) -> str:
+    """Where the job's max_failed_ratio came from, for the final table."""
+    if args.max_failed_ratio is not None:
+        return "from --max-failed-ratio"
+    if any(o.split("=", 1)[0].strip() == "max_failed_ratio" for o in args.set):
+        return "from --set"
+    return "from --config" if "max_failed_ratio" in config.model_fields_set else "the default"
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
     from jobs.batch import run_job
     from jobs.config import JobConfig
 
+    overrides = list(args.set) + ([f"max_failed_ratio={args.max_failed_ratio}"] if args.max_failed_ratio is not None else [])
     try:
-        config = JobConfig.load(args.config)
-    except (ValueError, FileNotFoundError) as err:
+        config = JobConfig.load(args.config, overrides)
+    except ValueError as err:
         raise SystemExit(f"error: {err}") from err
     try:
         summary = run_job(args.input, args.output, config, limit=args.limit, progress=not args.no_progress)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from err
-    print(_outcome_table(summary))
-    print(f"manifest: {args.output.rstrip('/')}/manifest/manifest.parquet  avatars: {args.output.rstrip('/')}/avatars/  summary: {args.output.rstrip('/')}/summary.json")
-    return 0
+    print(_outcome_table(summary, _threshold_source(args, config)))
+    print(f"manifest: {summary['manifest']}  avatars: {summary['output']}/avatars/  summary: {summary['output']}/summary.json")
+    return 0 if summary["passed"] else EXIT_TOO_MANY_FAILED
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    from avatar_ops.io import storage
+
     client = JobSubmissionClient(args.address)
     entrypoint = f"avatar-forge batch {shlex.quote(args.input)} {shlex.quote(args.output)} --no-progress"
     runtime_env: dict = {"working_dir": str(Path(args.working_dir).resolve()), "excludes": [".venv", "out", ".git", "**/__pycache__"]}
-    if args.config:
+    if args.config and storage.is_local(args.config):
         try:
             relative = Path(args.config).resolve().relative_to(Path(args.working_dir).resolve())
         except ValueError as err:
-            raise SystemExit(f"error: --config {args.config} must be inside --working-dir {args.working_dir} (it is shipped with it)") from err
+            raise SystemExit(f"error: --config {args.config} must be inside --working-dir {args.working_dir} (it is shipped with it), or a URI the cluster can read") from err
         entrypoint += f" --config {shlex.quote(str(relative))}"
+    elif args.config:
+        entrypoint += f" --config {shlex.quote(args.config)}"  # the cluster reads it (s3://...)
+    for override in args.set:
+        entrypoint += f" --set {shlex.quote(override)}"
+    if args.max_failed_ratio is not None:
+        entrypoint += f" --max-failed-ratio {args.max_failed_ratio}"
     if args.limit is not None:
         entrypoint += f" --limit {args.limit}"
     submission_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
@@ -399,11 +427,16 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster at $RAY_ADDRESS / ray.address in the config) and write OUTPUT/avatars/<id>/, OUTPUT/manifest/manifest.parquet "
         "(one row per input: status ok/rejected/failed, reason, files, seconds per stage, quality), OUTPUT/summary.json and "
         "OUTPUT/job_config.yaml. INPUT is a folder or prefix (local or s3://; recursive; .jpg .jpeg .png .webp) or a manifest "
-        "(.parquet, .csv, .jsonl with `uri` and optional `id`, `keypoints`). Rerunning skips rows already finished.",
+        "(.parquet, .csv, .jsonl with `uri` and optional `id`, `keypoints`). Rerunning skips rows already finished. Manifest rows "
+        "are written as they finish, in a fixed schema (see the README). Exit status: 0 when the job ran and at most "
+        f"max_failed_ratio of its rows failed; {EXIT_TOO_MANY_FAILED} when more failed; 1 on an error before or around the rows "
+        "(bad arguments, unreadable INPUT, the cluster lost too often).",
     )
     batch.add_argument("input", help="folder, prefix or manifest (local path or URI)")
     batch.add_argument("output", help="output folder or prefix (local path or URI)")
-    batch.add_argument("--config", help="job YAML (pipeline, stages, ray, inputs, attempts); see jobs/configs/")
+    batch.add_argument("--config", metavar="URI", help="job YAML (pipeline, stages, ray, inputs, attempts, max_failed_ratio) at a local path or any fsspec URI (s3://...); see jobs/configs/")
+    batch.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override one config value (repeatable; the value is read as YAML), e.g. --set stages.fit.batch_size=2 --set pipeline.preset=standard; validated with the rest")
+    batch.add_argument("--max-failed-ratio", type=float, default=None, metavar="R", help=f"exit with status {EXIT_TOO_MANY_FAILED} when more than this share of rows failed (0..1; rejected rows never count; default: the config's max_failed_ratio, 0.05)")
     batch.add_argument("--limit", type=int, default=None, help="process only the first N inputs")
     batch.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     batch.set_defaults(func=cmd_batch)
@@ -418,7 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("input", help="folder, prefix or manifest the cluster can read (e.g. s3://...)")
     submit.add_argument("output", help="output prefix the cluster can write (e.g. s3://...)")
     submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
-    submit.add_argument("--config", help="job YAML, shipped with the working dir (give a path inside it)")
+    submit.add_argument("--config", metavar="PATH_OR_URI", help="job YAML: a path inside --working-dir (shipped with it) or a URI the cluster can read (s3://...)")
+    submit.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="config override passed to `batch --set` (repeatable)")
+    submit.add_argument("--max-failed-ratio", type=float, default=None, metavar="R", help="passed to `batch --max-failed-ratio`")
     submit.add_argument("--limit", type=int, default=None, help="process only the first N inputs")
     submit.add_argument("--working-dir", default=".", help="folder shipped as the job's working_dir (default: .)")
     submit.add_argument("--follow", action="store_true", help="tail the job's logs until it ends; exit 0 only if it succeeded")

@@ -11,13 +11,14 @@ A folder is listed in chunks into ``OUTPUT/_work/inputs.parquet`` so the driver 
 than ``inputs.listing_chunk`` paths; for very large collections, write that manifest yourself.
 
 Outputs under OUTPUT: ``avatars/<id>/`` (the export files), ``manifest/manifest.parquet`` (one
-row per input), ``summary.json``, ``job_config.yaml``, and ``_rows/`` (each row's outcome,
-written as the row finishes: what makes reruns skip finished rows and survive lost nodes).
+row per input in the fixed schema of :mod:`jobs.manifest`, streamed as rows finish; the driver
+keeps counts, not rows), ``summary.json`` (built from those counts), ``job_config.yaml``, and
+``_rows/`` (each row's outcome, written as the row finishes: what makes reruns skip finished rows
+and survive lost nodes). Local paths are made absolute, so every URI in the manifest is.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
@@ -29,16 +30,12 @@ from collections.abc import Iterator
 from avatar_forge.metrics import JobMetrics
 from avatar_ops.io import storage
 from avatar_ops.stages.stage import chain
-from avatar_ops.tracking.facing import facing_of
-from avatar_ops.types import STAGE_KINDS
 from jobs.config import JobConfig
+from jobs.manifest import SCHEMA_VERSION, Counts, ManifestWriter, manifest_row
 from jobs.stages import PayloadStages, decode_batch
 
 log = logging.getLogger("avatar_forge.batch")
 
-MANIFEST_FIELDS = ("id", "source_uri", "status", "reason", "detail", "avatar_uri", "bundle_uri", "ply_uri", "preview_uri", "files",
-                   "seconds_decode", "seconds_track", "seconds_reconstruct", "seconds_synthesize", "seconds_fit", "seconds_export", "seconds_total",
-                   "psnr", "mask_iou", "facing", "quality", "config_digest", "content_id", "resumed")  # fmt: skip
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 
 
@@ -94,8 +91,9 @@ def write_listing(input_uri: str, output: str, config: JobConfig) -> str:
 
 
 def _manifest_dataset(input_uri: str, num_cpus: float):
-    """A user manifest -> dataset with row_index, id, source_uri, options. Reads ask for
-    ``num_cpus`` (the decode stage's), not a whole core, so they fit beside the actor pools."""
+    """A user manifest -> dataset with id, source_uri (local paths made absolute against the
+    driver's working directory), options. Reads ask for ``num_cpus`` (the decode stage's), not a
+    whole core, so they fit beside the actor pools."""
     import ray.data
 
     fs, path = _arrow_fs(input_uri)
@@ -110,6 +108,7 @@ def _manifest_dataset(input_uri: str, num_cpus: float):
     if "uri" not in columns:
         raise ValueError(f"the manifest {input_uri!r} needs a `uri` column; it has {sorted(columns)}.")
     extra = [c for c in columns if c not in ("id", "uri")]
+    base = os.getcwd()  # the driver's: workers may run elsewhere
 
     def normalise(batch):
         import numpy as np
@@ -125,7 +124,7 @@ def _manifest_dataset(input_uri: str, num_cpus: float):
                     continue
                 opts[c] = value.item() if hasattr(value, "item") else value
             options.append(json.dumps(opts, default=str))
-        return {"id": np.asarray(ids, dtype=object), "source_uri": np.asarray([str(u) for u in batch["uri"]], dtype=object), "options": np.asarray(options, dtype=object)}
+        return {"id": np.asarray(ids, dtype=object), "source_uri": np.asarray([storage.absolute(str(u), base) for u in batch["uri"]], dtype=object), "options": np.asarray(options, dtype=object)}
 
     ds = ds.map_batches(normalise, batch_format="numpy", num_cpus=num_cpus)
     return ds
@@ -184,24 +183,6 @@ def build_dataset(inputs, output: str, config: JobConfig):
     return ds.drop_columns(["payload", "options"])
 
 
-def _manifest_row(row: dict) -> dict:
-    files = json.loads(row.get("files") or "{}")
-    seconds = json.loads(row.get("seconds") or "{}")
-    quality = json.loads(row.get("quality") or "{}")
-    out = {
-        "id": row["id"], "source_uri": row["source_uri"], "status": row["status"], "reason": row["reason"], "detail": row["detail"],
-        "avatar_uri": os.path.dirname(files["avatar.safetensors"]) if "avatar.safetensors" in files else None,
-        "bundle_uri": files.get("avatar.safetensors"), "ply_uri": files.get("avatar.ply"), "preview_uri": files.get("preview.png"),
-        "files": json.dumps(files), "seconds_total": round(sum(seconds.values()), 4),
-        "psnr": quality.get("fit_psnr"), "mask_iou": quality.get("track_mask_iou"), "quality": json.dumps(quality),
-        "facing": facing_of(quality["track_facing_angle_deg"]) if "track_facing_angle_deg" in quality else None,
-        "config_digest": row["config_digest"], "content_id": row.get("content_id") or None, "resumed": bool(row["resumed"]),
-    }  # fmt: skip
-    for stage in ("decode", *STAGE_KINDS):
-        out[f"seconds_{stage}"] = seconds.get(stage)
-    return out
-
-
 def _infrastructure_errors() -> tuple[type[BaseException], ...]:
     import ray.exceptions as rex
 
@@ -245,27 +226,34 @@ def init_ray(config: JobConfig) -> bool:
 
 def run_job(input_uri: str, output: str, config: JobConfig | None = None, limit: int | None = None, progress: bool = True) -> dict:
     """Run the job to completion (retrying whole attempts after infrastructure failures; finished
-    rows are skipped on each retry). Returns the summary."""
+    rows are skipped on each retry) and return the summary. Manifest rows are written as they
+    leave the pipeline; the driver keeps only their counts."""
     import ray
     import ray.data
 
     config = config or JobConfig()
+    input_uri, output = storage.absolute(input_uri), storage.absolute(output)
+    run_id = uuid.uuid4().hex[:12]
     started = time.time()
     own_ray = init_ray(config)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     storage.write_bytes(storage.join(output, "job_config.yaml"), config.to_yaml().encode())
+    manifest_uri = storage.join(output, "manifest", "manifest.parquet")
     try:
         pools = stage_groups(config)
         last_error: Exception | None = None
         for attempt in range(1, config.attempts + 1):
+            counts = Counts()
             try:
                 inputs = read_inputs(input_uri, output, config, limit)
                 progress_metrics = JobMetrics(inputs.count())
-                rows = []
-                for row in build_dataset(inputs, output, config).iter_rows():
-                    rows.append(_manifest_row(row))
-                    progress_metrics.row_done()
+                with ManifestWriter(manifest_uri) as writer:
+                    for row in build_dataset(inputs, output, config).iter_rows():
+                        written = manifest_row(row, run_id)
+                        writer.write(written)
+                        counts.add(written)
+                        progress_metrics.row_done()
                 break
             except ray.exceptions.RayError as err:
                 if not is_infrastructure_fault(err):
@@ -278,32 +266,20 @@ def run_job(input_uri: str, output: str, config: JobConfig | None = None, limit:
         if own_ray:
             ray.shutdown()
     wall = time.time() - started
-    write_manifest(rows, output)
-    summary = {**summarise(rows, wall, input_uri, output, config), "actor_pools": pools}
+    summary = {**summarise(counts, wall, input_uri, output, config, run_id), "manifest": manifest_uri, "actor_pools": pools}
     storage.write_bytes(storage.join(output, "summary.json"), json.dumps(summary, indent=2).encode())
     return summary
 
 
-def write_manifest(rows: list[dict], output: str) -> str:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows = sorted(rows, key=lambda r: (r["source_uri"], r["id"]))
-    table = pa.Table.from_pylist([{k: r.get(k) for k in MANIFEST_FIELDS} for r in rows]) if rows else pa.table({k: [] for k in MANIFEST_FIELDS})
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    uri = storage.join(output, "manifest", "manifest.parquet")
-    storage.write_bytes(uri, sink.getvalue().to_pybytes())
-    return uri
-
-
-def summarise(rows: list[dict], wall: float, input_uri: str, output: str, config: JobConfig) -> dict:
-    statuses = collections.Counter(r["status"] for r in rows)
-    reasons = collections.Counter(f"{r['status']}:{r['reason']}" for r in rows if r["status"] != "ok")
-    computed = [r for r in rows if not r["resumed"]]
+def summarise(counts: Counts, wall: float, input_uri: str, output: str, config: JobConfig, run_id: str) -> dict:
+    """The run's summary from its counts; ``passed`` is False when the share of ``failed`` rows
+    is above ``config.max_failed_ratio`` (rejected rows never count)."""
+    computed = counts.rows - counts.resumed
+    failed_ratio = counts.failed / counts.rows if counts.rows else 0.0
     return {
-        "run_id": uuid.uuid4().hex[:12], "input": input_uri, "output": output, "rows": len(rows),
-        "statuses": dict(statuses), "reasons": dict(reasons), "resumed": len(rows) - len(computed),
-        "wall_seconds": round(wall, 2), "rows_per_second": round(len(computed) / wall, 4) if wall > 0 else None,
-        "config_digest": config.pipeline.digest(),
+        "run_id": run_id, "schema_version": SCHEMA_VERSION, "input": input_uri, "output": output, "rows": counts.rows,
+        "statuses": dict(counts.statuses), "reasons": dict(counts.reasons), "resumed": counts.resumed,
+        "wall_seconds": round(wall, 2), "rows_per_second": round(computed / wall, 4) if wall > 0 else None,
+        "config_digest": config.pipeline.digest(), "failed_ratio": round(failed_ratio, 6), "max_failed_ratio": config.max_failed_ratio,
+        "passed": failed_ratio <= config.max_failed_ratio,
     }  # fmt: skip

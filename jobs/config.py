@@ -9,6 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError
 
+from avatar_ops.io import storage
 from avatar_ops.stages.config import PipelineConfig
 from avatar_ops.types import FrozenConfig
 
@@ -24,6 +25,26 @@ class StageResources(FrozenConfig):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (the operators then run on CUDA).")
     batch_size: int = Field(4, ge=1, description="Rows per call.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per actor (None: every core of the node; Ray would otherwise pin fractional-CPU actors to one thread).")
+
+
+def _apply_override(data: dict, override: str) -> None:
+    """``key.path=value`` into the nested mapping ``data`` (the value parsed as YAML: numbers,
+    booleans, null, lists); the result is validated with the rest of the config."""
+    key, sep, text = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ValueError(f"--set {override!r}: expected KEY.PATH=VALUE, for example stages.fit.batch_size=2.")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as err:
+        raise ValueError(f"--set {override!r}: the value is not valid YAML: {err}") from err
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"--set {override!r}: {'.'.join(parts[: depth + 1])} is a {type(child).__name__}, not a section with keys.")
+        node = child
+    node[parts[-1]] = value
 
 
 def _stage(batch_size: int = 4, **kw) -> StageResources:
@@ -64,23 +85,38 @@ class JobConfig(FrozenConfig):
     ray: RayConfig = Field(default_factory=RayConfig)
     inputs: InputConfig = Field(default_factory=InputConfig)
     attempts: int = Field(3, ge=1, description="Whole-job attempts: after a lost node or driver error the job runs again and skips finished rows.")
+    max_failed_ratio: float = Field(
+        0.05, ge=0, le=1,
+        description="The job exits non-zero when more than this share of its rows `failed` (our errors or the infrastructure's; "
+        "`rejected` inputs never count). 0: any failed row fails the job; 1: never.",
+    )  # fmt: skip
 
     @classmethod
-    def load(cls, path: str | Path | None) -> JobConfig:
-        """From a YAML file (None: defaults). Errors name the file and the bad key."""
-        if path is None:
-            return cls()
-        text = Path(path).read_text()
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"--config {path}: not valid YAML: {err}") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"--config {path}: expected a mapping at the top level, got {type(data).__name__}.")
+    def load(cls, uri: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+        """From a YAML file at a local path or any fsspec URI (None: defaults), with ``overrides``
+        (``key.path=value``, the value read as YAML) applied on top, all validated together.
+        Errors name the file or override and the bad key."""
+        data: dict = {}
+        if uri is not None:
+            try:
+                text = storage.read_bytes(str(uri)).decode()
+            except FileNotFoundError as err:
+                raise ValueError(f"--config {uri}: no such file.") from err
+            except UnicodeDecodeError as err:
+                raise ValueError(f"--config {uri}: not UTF-8 text: {err}") from err
+            try:
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError as err:
+                raise ValueError(f"--config {uri}: not valid YAML: {err}") from err
+            if not isinstance(data, dict):
+                raise ValueError(f"--config {uri}: expected a mapping at the top level, got {type(data).__name__}.")
+        for override in overrides:
+            _apply_override(data, override)
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            raise ValueError(f"--config {path}: {err}") from err
+            where = " and ".join(filter(None, [f"--config {uri}" if uri is not None else "", "--set " + " --set ".join(overrides) if overrides else ""]))
+            raise ValueError(f"{where or 'the job config'}: {err}") from err
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

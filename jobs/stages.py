@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import time
 from typing import Any
 
 import numpy as np
@@ -24,9 +26,11 @@ from avatar_ops.stages.payload import Payload, decoded_payload
 from avatar_ops.stages.stage import build_stages
 from avatar_ops.types import FINAL_STATUSES
 
-#: What a row records of its outcome (JSON columns hold dicts).
+#: What a row records of its outcome (JSON columns hold dicts; times are seconds since the epoch,
+#: NaN until known).
 OUTCOME_COLUMNS = ("status", "reason", "detail")
 JSON_COLUMNS = ("seconds", "quality", "files")
+TIME_COLUMNS = ("started_at", "finished_at")
 
 
 def record_uri(output: str, row_id: str, source_uri: str) -> str:
@@ -48,6 +52,8 @@ def to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
             out[key] = np.asarray(values, dtype=np.int64)
         elif key == "resumed":
             out[key] = np.asarray(values, dtype=bool)
+        elif key in TIME_COLUMNS:
+            out[key] = np.asarray(values, dtype=np.float64)
         else:
             arr = np.empty(len(values), dtype=object)
             arr[:] = values
@@ -56,9 +62,12 @@ def to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 
 def _write_payload(row: dict, payload: Payload) -> None:
-    """The payload's outcome into the row's columns, and its state while stages remain."""
+    """The payload's outcome into the row's columns, and its state while stages remain; the time
+    the row became final."""
     row.update({k: getattr(payload, k) for k in OUTCOME_COLUMNS}, **{k: json.dumps(getattr(payload, k)) for k in JSON_COLUMNS})
     row["payload"] = payload_to_bytes(payload) if payload.pending else b""
+    if not payload.pending:
+        row["finished_at"] = time.time()
 
 
 def _keypoints(row: dict):
@@ -82,7 +91,7 @@ def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str) ->
         metrics.started(len(rows))
     outcomes = []  # (status, reason, seconds) of every row decoded here (not resumed)
     for row in rows:
-        row.update(config_digest=digest, content_id="", resumed=False)
+        row.update(config_digest=digest, content_id="", resumed=False, started_at=time.time(), finished_at=math.nan)
         try:
             data = storage.read_bytes(row["source_uri"])
         except FileNotFoundError:
@@ -99,6 +108,7 @@ def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str) ->
         previous = _finished_record(output, row)
         if previous is not None:
             row.update({k: previous[k] for k in (*OUTCOME_COLUMNS, *JSON_COLUMNS)}, payload=b"", resumed=True)
+            row.update({k: float(previous.get(k, math.nan)) for k in TIME_COLUMNS})  # records older than the times have none
             continue
         try:
             keypoints = _keypoints(row)
@@ -130,7 +140,10 @@ def _finished_record(output: str, row: dict) -> dict | None:
 class PayloadStages:
     """One or several operator stages in one actor (``kinds``, each on chunks of its own batch
     size), their operators built once, on one body model. One pool per stage on GPUs; on a
-    machine without, fused, so their thread pools do not fight over the same cores."""
+    machine without, fused, so their thread pools do not fight over the same cores.
+
+    The operators (models) are loaded on the first batch with work to do: a rerun whose rows are
+    all finished never loads them."""
 
     def __init__(self, kinds: list[str], batch_sizes: list[int], config_json: str, output: str, threads: int | None = None) -> None:
         import os
@@ -141,22 +154,32 @@ class PayloadStages:
             raise ValueError(f"`kinds` and `batch_sizes` must be non-empty and of equal length, got {kinds} and {batch_sizes}.")
         torch.set_num_threads(threads or os.cpu_count() or 1)
         self.output = output
-        config = PipelineConfig.model_validate_json(config_json)
-        self.stages = list(zip(build_stages(config, kinds, stage_observer), batch_sizes))
+        self.kinds, self.batch_sizes = list(kinds), list(batch_sizes)
+        self.config = PipelineConfig.model_validate_json(config_json)
+        self._stages: list | None = None
         self.records = "export" in kinds  # the last pool records every row's outcome
+
+    @property
+    def stages(self) -> list:
+        """[(stage, batch size)], built on first use."""
+        if self._stages is None:
+            self._stages = list(zip(build_stages(self.config, self.kinds, stage_observer), self.batch_sizes))
+        return self._stages
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = to_rows(batch)
         if not rows:
             return batch
-        device = self.stages[0][0].body.device
-        live = [(row, payload_from_bytes(row["payload"], device)) for row in rows if row["status"] == "pending"]
-        payloads = [p for _, p in live]
-        for stage, size in self.stages:
-            for start in range(0, len(payloads), size):
-                stage.run(payloads[start : start + size])
-        for row, payload in live:
-            _write_payload(row, payload)
+        pending = [row for row in rows if row["status"] == "pending"]
+        if pending:
+            device = self.stages[0][0].body.device
+            live = [(row, payload_from_bytes(row["payload"], device)) for row in pending]
+            payloads = [p for _, p in live]
+            for stage, size in self.stages:
+                for start in range(0, len(payloads), size):
+                    stage.run(payloads[start : start + size])
+            for row, payload in live:
+                _write_payload(row, payload)
         if self.records:
             for row in rows:
                 if not row["resumed"] and row["status"] in FINAL_STATUSES:
@@ -164,5 +187,5 @@ class PayloadStages:
         return to_batch(rows)
 
     def _record(self, row: dict) -> None:
-        record = {k: row[k] for k in ("id", "source_uri", *OUTCOME_COLUMNS, *JSON_COLUMNS, "config_digest", "content_id")}
+        record = {k: row[k] for k in ("id", "source_uri", *OUTCOME_COLUMNS, *JSON_COLUMNS, *TIME_COLUMNS, "config_digest", "content_id")}
         storage.write_bytes(record_uri(self.output, row["id"], row["source_uri"]), json.dumps(record).encode())

@@ -26,6 +26,16 @@ def is_local(uri: str | os.PathLike) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
+def absolute(uri: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
+    """``uri`` with a local path made absolute (against ``base``, default the working directory;
+    ``file://`` dropped); URIs of other filesystems unchanged."""
+    uri = str(uri)
+    if not is_local(uri):
+        return uri
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return os.path.abspath(os.path.join(os.fspath(base), path) if base is not None else path)
+
+
 def read_bytes(uri: str | os.PathLike) -> bytes:
     """Read a whole object.
 

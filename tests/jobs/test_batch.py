@@ -118,7 +118,9 @@ def test_every_input_gets_exactly_one_row_with_its_outcome(folder_run):
         from plyfile import PlyData
 
         assert PlyData.read(row["ply_uri"])["vertex"].count == 800
-        assert row["seconds_track"] > 0 and row["seconds_fit"] > 0 and row["psnr"] > 10
+        assert row["seconds"]["track"] > 0 and row["seconds"]["fit"] > 0 and row["psnr"] > 10
+        assert row["seconds"]["synthesize"] is None  # the stage did not run
+        assert row["started_at"] <= row["finished_at"] and row["run_id"] == summary["run_id"]
         assert row["facing"] == "front"  # the samples face the camera
         assert len(row["content_id"]) == 20 and row["config_digest"] == summary["config_digest"]
     assert summary["statuses"] == {"ok": 2, "rejected": 7}
@@ -163,9 +165,9 @@ def test_manifest_input_with_ids_and_bad_rows(local_ray, samples_dir, tmp_path):
     rows = {r["id"]: r for r in _read_manifest(str(out / "manifest" / "manifest.parquet"))}
     assert set(rows) == {"subject-1", "subject-2", "subject-3"}
     assert rows["subject-1"]["status"] == "ok" and (out / "avatars" / "subject-1" / "avatar.ply").exists()
-    quality = json.loads(rows["subject-1"]["quality"])
+    quality = dict(rows["subject-1"]["quality"])
     assert quality["synthesis_refined"] == 1.0 and quality["fit_pseudo_labels"] == 4.0
-    assert rows["subject-1"]["seconds_synthesize"] > 0
+    assert rows["subject-1"]["seconds"]["synthesize"] > 0
     assert (rows["subject-2"]["status"], rows["subject-2"]["reason"]) == ("rejected", "bad_keypoints")
     assert "keypoints" in rows["subject-2"]["detail"]
     assert (rows["subject-3"]["status"], rows["subject-3"]["reason"]) == ("failed", "not_found")
@@ -252,3 +254,46 @@ def test_only_infrastructure_faults_rerun_an_attempt():
     # A task's own error, even wrapped by Ray, is a bug: a rerun would meet it again.
     assert not is_infrastructure_fault(rex.RayTaskError("map", "traceback", ImportError("cannot import name 'FitInput'")))
     assert not is_infrastructure_fault(wrapped(ValueError("bad value")))
+
+
+def test_exit_status_counts_failed_rows_only_and_config_comes_from_s3_with_overrides(local_ray, s3_endpoint, samples_dir, tmp_path, capsys):
+    """An all-rejected run exits 0, with its config read from s3:// and a --set override; an
+    all-failed run exits non-zero and says which threshold applied; both manifests have the fixed
+    schema and concatenate without casting."""
+    import boto3
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from avatar_forge.cli import EXIT_TOO_MANY_FAILED, main
+    from jobs.manifest import manifest_schema
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="configs")
+    s3.put_object(Bucket="configs", Key="jobs/fast.yaml", Body=JobConfig.model_validate(FAST).to_yaml().encode())
+    rejected_in = tmp_path / "rejected"
+    rejected_in.mkdir()
+    for name in ("empty.jpg", "notes.png", "tiny.png"):
+        (rejected_in / name).write_bytes(bad_files(samples_dir)[name][0])
+    out = tmp_path / "out-rejected"
+    code = main(["batch", str(rejected_in), str(out), "--config", "s3://configs/jobs/fast.yaml", "--set", "stages.track.batch_size=3", "--max-failed-ratio", "0", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "failed rows: 0 of 3 (0.00%); max_failed_ratio 0 (from --max-failed-ratio): passed" in printed
+    saved = JobConfig.load(str(out / "job_config.yaml"))
+    assert saved.stages.track.batch_size == 3 and saved.pipeline == JobConfig.model_validate(FAST).pipeline
+
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text("\n".join(json.dumps({"uri": str(tmp_path / f"gone-{i}.jpg")}) for i in range(3)))
+    failed_out = tmp_path / "out-failed"
+    code = main(["batch", str(missing), str(failed_out), "--config", "s3://configs/jobs/fast.yaml", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == EXIT_TOO_MANY_FAILED, printed
+    assert f"failed rows: 3 of 3 (100.00%); max_failed_ratio 0.05 (from --config): FAILED (exit {EXIT_TOO_MANY_FAILED})" in printed
+    summary = json.loads((failed_out / "summary.json").read_text())
+    assert (summary["statuses"], summary["reasons"], summary["passed"]) == ({"failed": 3}, {"failed:not_found": 3}, False)
+
+    tables = [pq.read_table(o / "manifest" / "manifest.parquet") for o in (out, failed_out)]
+    assert {r["status"] for r in tables[0].to_pylist()} == {"rejected"} and tables[0].num_rows == 3
+    assert all(r["source_uri"].startswith(str(tmp_path)) for r in tables[1].to_pylist())  # absolute, as given
+    assert tables[0].schema == tables[1].schema == manifest_schema()
+    assert pa.concat_tables(tables).num_rows == 6

@@ -38,3 +38,24 @@ def test_stage_pools_follow_fuse_and_gpu_requests():
     assert stage_groups(JobConfig.model_validate({"stages": {"fuse": "never"}})) == per_stage
     fused = JobConfig.model_validate({"stages": {"fuse": "always"}, "pipeline": {"synthesis_mode": "view"}})
     assert stage_groups(fused) == [["track", "reconstruct", "synthesize", "fit", "export"]]
+
+
+def test_overrides_apply_on_top_of_the_file_and_are_validated(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("stages:\n  fit:\n    batch_size: 4\n")
+    config = JobConfig.load(str(path), ["stages.fit.batch_size=2", "pipeline.preset=standard", "max_failed_ratio=0", "stages.fuse=never"])
+    assert (config.stages.fit.batch_size, config.pipeline.preset, config.max_failed_ratio, config.stages.fuse) == (2, "standard", 0.0, "never")
+    assert config.stages.track == JobConfig().stages.track  # untouched siblings keep their defaults
+    assert JobConfig.load(None, ["attempts=5"]).attempts == 5
+    with pytest.raises(ValueError, match=r"(?s)--set stages\.fit\.batch_size=zero.*stages\.fit\.batch_size.*integer"):
+        JobConfig.load(str(path), ["stages.fit.batch_size=zero"])
+    with pytest.raises(ValueError, match=r"(?s)--set stages\.fit\.bach_size=2.*bach_size.*[Ee]xtra"):
+        JobConfig.load(None, ["stages.fit.bach_size=2"])
+    with pytest.raises(ValueError, match=r"--set 'stages\.fit': expected KEY\.PATH=VALUE"):
+        JobConfig.load(None, ["stages.fit"])
+    with pytest.raises(ValueError, match=r"--set 'attempts\.count=2': attempts is a int, not a section"):
+        JobConfig.load(None, ["attempts=3", "attempts.count=2"])
+    with pytest.raises(ValueError, match=r"(?s)max_failed_ratio.*less than or equal to 1"):
+        JobConfig.load(None, ["max_failed_ratio=1.5"])
+    with pytest.raises(ValueError, match=r"--config .*missing\.yaml: no such file"):
+        JobConfig.load(str(tmp_path / "missing.yaml"))
