@@ -10,7 +10,7 @@ export RAY_AUTH_MODE := disabled
 # Ray binds every interface: run anything that may start Ray in a namespace with only loopback.
 LOOPBACK := unshare -n sh -c 'ip link set lo up; exec "$$0" "$$@"'
 
-.PHONY: setup demo test test-all
+.PHONY: setup demo test test-all gpu-check
 
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,7 @@ test: setup $(VENV)/prometheus/.fetched
 
 test-all: setup $(VENV)/prometheus/.fetched
 	$(LOOPBACK) $(VENV)/bin/pytest -q -m ''
+
+# Every CUDA path once, within 8 minutes, as one JSON object (exits 0 saying so without CUDA).
+gpu-check:
+	bash bench/gpu_check.sh

@@ -1,6 +1,6 @@
 """Hint-guided video diffusion: seconds per frame and peak memory. Prints JSON.
 
-    python bench/synthesis.py [--frames 8] [--steps 10]
+    python bench/synthesis.py [--frames 8] [--steps 10] [--settings cuda_full]
 
 - ``cpu_tiny``: the tiny random SVD pipeline the tests use (saved and loaded through
   ``load_pipeline``), 64 px frames, float32 on CPU; peak resident memory of the process.
@@ -8,7 +8,10 @@
   ``UNetSpatioTemporalConditionModel`` / ``AutoencoderKLTemporalDecoder`` configs and a ViT-H/14
   image encoder, random weights: no download) at 512 px, float16, 14-frame windows; peak CUDA
   memory from ``torch.cuda.max_memory_allocated``. Absent (with the reason) without CUDA.
-Each setting runs in its own process so peaks do not mix.
+Each setting runs in its own process so peaks do not mix. ``--settings`` picks some (default: both).
+Both load and run through the operator's own path: ``load_pipeline`` and ``refine_frames``, with
+the dtype the operator's ``dtype: auto`` resolves to on that device (float16 on CUDA; the SVD
+VAE then runs in float32, as ``load_pipeline`` upcasts it).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+SETTINGS = ("cpu_tiny", "cuda_full")
 
 
 def _full_size_pipeline(folder: Path) -> Path:
@@ -49,17 +53,18 @@ def _full_size_pipeline(folder: Path) -> Path:
 def run_setting(name: str, frames: int, steps: int) -> dict:
     import torch
 
-    from avatar_ops.synthesis.diffusion import load_pipeline, refine_frames
+    from avatar_ops.synthesis.diffusion import load_pipeline, refine_frames, resolve_dtype
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
         if name == "cpu_tiny":
             from avatar_ops.synthesis.tiny_svd import make_tiny_svd
 
-            device, dtype, size, window = torch.device("cpu"), torch.float32, 64, 4
+            device, size, window = torch.device("cpu"), 64, 4
             folder = make_tiny_svd(Path(tmp) / "svd")
         else:
-            device, dtype, size, window = torch.device("cuda"), torch.float16, 512, 14
+            device, size, window = torch.device("cuda"), 512, 14
             folder = _full_size_pipeline(Path(tmp) / "svd")
+        dtype = resolve_dtype("auto", device)  # what SynthesisConfig(dtype="auto") runs at
         t = time.perf_counter()
         pipe = load_pipeline(str(folder), device, dtype)
         load_s = time.perf_counter() - t
@@ -95,7 +100,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=8, help="frames to synthesize (default: 8)")
     parser.add_argument("--steps", type=int, default=10, help="full schedule; strength 0.6 runs 60%% of it (default: 10)")
-    parser.add_argument("--setting", choices=["cpu_tiny", "cuda_full"], help=argparse.SUPPRESS)  # child process
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="settings to run (default: all)")
+    parser.add_argument("--setting", choices=SETTINGS, help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
     if args.setting:
         print(json.dumps(run_setting(args.setting, args.frames, args.steps)))
@@ -103,13 +109,14 @@ def main() -> None:
     import torch
 
     results = {}
-    for name in ("cpu_tiny", "cuda_full"):
+    for name in dict.fromkeys(args.settings):
         if name == "cuda_full" and not torch.cuda.is_available():
             results[name] = {"skipped": "no CUDA device on this machine"}
             continue
         cmd = [sys.executable, __file__, "--setting", name, "--frames", str(args.frames), "--steps", str(args.steps)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
+            sys.stderr.write(done.stderr)
             results[name] = {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
             continue
         results[name] = json.loads(done.stdout.strip().splitlines()[-1])
