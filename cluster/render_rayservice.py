@@ -14,11 +14,19 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "registry.example.com/avatar-forge:0.1.0"
+RAY_VERSION = "2.60.0"  # = the ray pin of constraints/gpu-image.txt
+ANNY_CACHE_DIR = "/opt/anny"  # where cluster/Dockerfile built the Anny model
+TOKEN_SECRET = "avatar-forge-ray-token"
+REDIS = {"address": "redis://avatar-forge-redis:6379", "secret": "avatar-forge-redis", "key": "password"}
+LABELS = {"app.kubernetes.io/name": "avatar-forge"}
 HEADER = """\
 # The online API as a RayService (KubeRay). serveConfigV2 is serve/config.yaml (proxy_location,
 # http_options, applications) embedded verbatim by cluster/render_rayservice.py; do not edit it here.
-# API keys: a secret `avatar-forge-api-keys` holding AVATAR_API_KEYS=key1,key2 (comma-separated);
-# S3 credentials: a secret `avatar-forge-aws`. kubectl apply -f cluster/kuberay/rayservice.yaml
+# Secrets: `avatar-forge-api-keys` (AVATAR_API_KEYS=key1,key2), `avatar-forge-aws` (S3 credentials),
+# `avatar-forge-ray-token` (key `auth_token`: Ray's token auth on the dashboard and the GCS) and
+# `avatar-forge-redis` (key `password`: the external Redis that keeps the GCS state, so Serve goes on
+# answering while the head restarts). upgradeStrategy NewCluster: a changed rayClusterConfig starts a
+# new cluster and moves traffic once it serves. See cluster/README.md. kubectl apply -f this file.
 """
 
 
@@ -39,7 +47,7 @@ def _container(name: str, cpu: str, memory: str, gpus: int = 0) -> dict:
     resources = {"cpu": cpu, "memory": memory, **({"nvidia.com/gpu": str(gpus)} if gpus else {})}
     return {
         "name": name, "image": IMAGE, "resources": {"requests": resources, "limits": resources},
-        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "ANNY_CACHE_DIR", "value": "/cache/anny"}],
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "ANNY_CACHE_DIR", "value": ANNY_CACHE_DIR}],
         "envFrom": [{"secretRef": {"name": "avatar-forge-api-keys"}}, {"secretRef": {"name": "avatar-forge-aws"}}],
         "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
     }  # fmt: skip
@@ -52,15 +60,21 @@ def render() -> str:
         "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": "avatar-api"},
         "spec": {
             "serveConfigV2": _Literal(serve_config_text()),
+            "upgradeStrategy": {"type": "NewCluster"},
             "rayClusterConfig": {
-                "rayVersion": "2.60.0", "enableInTreeAutoscaling": True,
+                "rayVersion": RAY_VERSION, "enableInTreeAutoscaling": True,
+                "authOptions": {"mode": "token", "secretName": TOKEN_SECRET},
+                "gcsFaultToleranceOptions": {
+                    "redisAddress": REDIS["address"],
+                    "redisPassword": {"valueFrom": {"secretKeyRef": {"name": REDIS["secret"], "key": REDIS["key"]}}},
+                },
                 "headGroupSpec": {
                     "rayStartParams": {"num-cpus": "0", "metrics-export-port": "8080", "dashboard-host": "0.0.0.0"},
-                    "template": {"spec": {"containers": [head], "volumes": [{"name": "cache", "emptyDir": {}}]}},
+                    "template": {"metadata": {"labels": dict(LABELS)}, "spec": {"containers": [head], "volumes": [{"name": "cache", "emptyDir": {}}]}},
                 },
                 "workerGroupSpecs": [{
                     "groupName": "gpu", "minReplicas": 1, "maxReplicas": 16, "rayStartParams": {"metrics-export-port": "8080"},
-                    "template": {"spec": {
+                    "template": {"metadata": {"labels": dict(LABELS)}, "spec": {
                         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                         "containers": [_container("ray-worker", "8", "64Gi", gpus=1)], "volumes": [{"name": "cache", "emptyDir": {}}],
                     }},

@@ -1,11 +1,14 @@
-"""Metrics end to end: a real Prometheus (Debian's package, fetched by `make test`) discovers the
-local Ray through Ray's service-discovery file, scrapes the metrics agent on 127.0.0.1 while a
-small batch job runs, and its query API must report the stage counters, latency histograms and
-job progress with the right values (rows counted = rows in the manifest)."""
+"""Metrics end to end: a real Prometheus (Debian's package, fetched by `make test`) runs with
+cluster/prometheus/prometheus.yml and alerts.yml, discovers the local Ray through Ray's
+service-discovery file, scrapes the metrics agent on 127.0.0.1 while a small batch job runs, and its
+query API must report the stage counters, latency histograms and job progress with the right values
+(rows counted = rows in the manifest), evaluate the alert rules without error, and answer every
+dashboard query for the cluster the relabelling names."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +20,7 @@ import requests
 import yaml
 
 from jobs.config import JobConfig
+from tests.cluster.prom import selectors
 from tests.inputs import bad_files
 from tests.jobs.test_batch import FAST
 from tests.net import free_port
@@ -43,11 +47,13 @@ def prometheus_and_ray(tmp_path_factory):
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, _metrics_export_port=metrics_port, _system_config={"metrics_report_interval_ms": 1000})
     work = tmp_path_factory.mktemp("prometheus")
     session = Path(ray._private.worker._global_node.get_session_dir_path())
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "ray", "file_sd_configs": [{"files": [str(session / "prom_metrics_service_discovery.json")], "refresh_interval": "1s"}]}],
-    }
+    # cluster/prometheus/prometheus.yml as shipped (its relabelling, its rule file), pointed at this
+    # session's discovery file, with second-long intervals.
+    config = yaml.safe_load((REPO / "cluster" / "prometheus" / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["scrape_configs"][0]["file_sd_configs"] = [{"files": [str(session / "prom_metrics_service_discovery.json")], "refresh_interval": "1s"}]
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+    shutil.copy(REPO / "cluster" / "prometheus" / "alerts.yml", work / "alerts.yml")
     web = free_port()
     proc = subprocess.Popen(
         [binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{web}"],
@@ -90,6 +96,17 @@ def _wait_value(base: str, expr: str, expected: float, limit_s: float = 120) -> 
     pytest.fail(f"{expr} = {value}, expected {expected} within {limit_s} s")
 
 
+def _rule_health(base: str, names: set[str], limit_s: float = 30) -> dict[str, str]:
+    """``{rule: health}`` once Prometheus has loaded and evaluated the rules ``names`` (or at the limit)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        groups = requests.get(f"{base}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        health = {r["name"]: r["health"] for g in groups for r in g["rules"]}
+        if (set(health) == names and set(health.values()) == {"ok"}) or time.monotonic() > deadline:
+            return health
+        time.sleep(1)
+
+
 def test_stage_counters_latency_and_progress_arrive_in_prometheus(prometheus_and_ray, samples_dir, tmp_path):
     import pyarrow.parquet as pq
 
@@ -126,3 +143,16 @@ def test_stage_counters_latency_and_progress_arrive_in_prometheus(prometheus_and
     _wait_value(base, "max(ray_avatar_job_eta_seconds)", 0)
     # No GPU here: GPU series are absent, not zero.
     assert _query(base, "ray_avatar_gpu_utilization_ratio") == {}
+    # The relabelling names the cluster on every series, and the dashboard's queries find it there.
+    dashboard = json.loads((REPO / "cluster" / "grafana" / "avatar-forge.json").read_text())
+    cluster = yaml.safe_load((REPO / "cluster" / "prometheus" / "prometheus.yml").read_text())["scrape_configs"][0]["relabel_configs"][0]["replacement"]
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            _query(base, target["expr"].replace("$cluster", cluster))  # raises on an invalid query
+    rows_panel = next(p for p in dashboard["panels"] if p["title"].startswith("Rows finished"))
+    ((metric, matchers),) = selectors(rows_panel["targets"][0]["expr"].replace("$cluster", cluster))
+    rows = _query(base, f"sum by (stage) ({metric}{matchers})")  # the panel's series (its rate needs a second sample)
+    assert {dict(labels)["stage"] for labels in rows} >= {"decode", "track", "export"}, rows
+    # Prometheus loaded alerts.yml and evaluates every rule without error.
+    alerts = {r["alert"] for g in yaml.safe_load((REPO / "cluster" / "prometheus" / "alerts.yml").read_text())["groups"] for r in g["rules"]}
+    assert _rule_health(base, alerts) == dict.fromkeys(alerts, "ok")
