@@ -6,9 +6,11 @@ One actor pool per stage on a cluster with GPUs; on one without, the actor stage
 inside one pool (``stages.fuse``), so their thread pools do not fight over the same cores.
 
 Inputs: a folder or prefix (local or ``s3://``; recursive; by extension) or a manifest file
-(``.parquet``, ``.csv``, ``.jsonl``) with ``uri`` and optional ``id`` and ``keypoints`` columns.
-A folder is listed in chunks into ``OUTPUT/_work/inputs.parquet`` so the driver never holds more
-than ``inputs.listing_chunk`` paths; for very large collections, write that manifest yourself.
+(``.parquet``, ``.csv``, ``.jsonl``) with ``uri`` and optional ``id`` (letters, digits, ``._-``;
+a bad or repeated id is a rejected row) and ``keypoints`` columns. A folder is listed in chunks
+into ``OUTPUT/_work/<run_id>/inputs.parquet`` (removed when the run ends) so the driver never
+holds more than ``inputs.listing_chunk`` paths; for very large collections, write that manifest
+yourself.
 
 Outputs under OUTPUT: ``avatars/<id>/`` (the export files), ``manifest/manifest.parquet`` (one
 row per input in the fixed schema of :mod:`jobs.manifest`, streamed as rows finish; the driver
@@ -58,12 +60,13 @@ def _walk(input_uri: str, extensions: tuple[str, ...]) -> Iterator[str]:
                 yield path if protocol in ("file", "local") else f"{protocol}://{path}"
 
 
-def write_listing(input_uri: str, output: str, config: JobConfig) -> str:
-    """List a folder into ``OUTPUT/_work/inputs.parquet`` chunk by chunk; returns its URI."""
+def write_listing(input_uri: str, output: str, config: JobConfig, run_id: str) -> str:
+    """List a folder into ``OUTPUT/_work/<run_id>/inputs.parquet`` chunk by chunk (its own per
+    run: two jobs on one OUTPUT never read each other's listing); returns its URI."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    uri = storage.join(output, "_work", "inputs.parquet")
+    uri = storage.join(output, "_work", run_id, "inputs.parquet")
     schema = pa.schema([("row_index", pa.int64()), ("id", pa.string()), ("source_uri", pa.string()), ("options", pa.string())])
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "inputs.parquet")
@@ -130,15 +133,16 @@ def _manifest_dataset(input_uri: str, num_cpus: float):
     return ds
 
 
-def read_inputs(input_uri: str, output: str, config: JobConfig, limit: int | None = None):
-    """The inputs as a dataset of row_index, id, source_uri, options (a folder is listed first)."""
+def read_inputs(input_uri: str, output: str, config: JobConfig, limit: int | None = None, run_id: str = "adhoc"):
+    """The inputs as a dataset of row_index, id, source_uri, options (a folder is listed first,
+    under the run's own work folder)."""
     import ray.data
 
     read_cpus = config.stages.decode.num_cpus
     if input_uri.lower().endswith(MANIFEST_SUFFIXES):
         ds = _manifest_dataset(input_uri, read_cpus)
     else:
-        fs, path = _arrow_fs(write_listing(input_uri, output, config))
+        fs, path = _arrow_fs(write_listing(input_uri, output, config, run_id))
         ds = ray.data.read_parquet(path, filesystem=fs, num_cpus=read_cpus)
     return ds.limit(limit) if limit is not None else ds
 
@@ -156,9 +160,18 @@ def stage_groups(config: JobConfig) -> list[list[str]]:
     return [list(kinds)] if fuse == "always" else [[k] for k in kinds]
 
 
-def build_dataset(inputs, output: str, config: JobConfig):
+def duplicate_ids(inputs) -> tuple[str, ...]:
+    """Ids given to more than one input row (a distributed count: only the duplicates reach the
+    driver). Rows without an id take their content id and never collide here."""
+    from ray.data.expressions import col
+
+    counted = inputs.select_columns(["id"]).filter(expr=col("id") != "").groupby("id").count().rename_columns({"count()": "rows"})
+    return tuple(sorted(row["id"] for row in counted.filter(expr=col("rows") > 1).iter_rows()))
+
+
+def build_dataset(inputs, output: str, config: JobConfig, duplicates: tuple[str, ...] = ()):
     """decode -> track -> reconstruct -> [synthesize] -> fit -> export over the inputs (a dataset
-    from :func:`read_inputs`)."""
+    from :func:`read_inputs`); rows whose id is in ``duplicates`` are rejected."""
     import ray.data
 
     ds = inputs
@@ -167,7 +180,7 @@ def build_dataset(inputs, output: str, config: JobConfig):
     task_retries = config.ray.max_task_retries
     actor_retries = {"max_restarts": config.ray.max_restarts, "max_task_retries": config.ray.max_task_retries}
     ds = ds.map_batches(
-        decode_batch, fn_kwargs={"config_json": config_json, "output": output}, batch_size=st.decode.batch_size,
+        decode_batch, fn_kwargs={"config_json": config_json, "output": output, "duplicate_ids": duplicates}, batch_size=st.decode.batch_size,
         num_cpus=st.decode.num_cpus, batch_format="numpy", max_retries=task_retries,
     )  # fmt: skip
     for group in stage_groups(config):
@@ -246,10 +259,11 @@ def run_job(input_uri: str, output: str, config: JobConfig | None = None, limit:
         for attempt in range(1, config.attempts + 1):
             counts = Counts()
             try:
-                inputs = read_inputs(input_uri, output, config, limit)
+                inputs = read_inputs(input_uri, output, config, limit, run_id)
                 progress_metrics = JobMetrics(inputs.count())
+                duplicates = duplicate_ids(inputs) if input_uri.lower().endswith(MANIFEST_SUFFIXES) else ()
                 with ManifestWriter(manifest_uri) as writer:
-                    for row in build_dataset(inputs, output, config).iter_rows():
+                    for row in build_dataset(inputs, output, config, duplicates).iter_rows():
                         written = manifest_row(row, run_id)
                         writer.write(written)
                         counts.add(written)
@@ -265,6 +279,10 @@ def run_job(input_uri: str, output: str, config: JobConfig | None = None, limit:
     finally:
         if own_ray:
             ray.shutdown()
+    work = storage.join(output, "_work", run_id)
+    fs, work_path = storage.filesystem(work)
+    if fs.exists(work_path):
+        fs.rm(work_path, recursive=True)  # this run's listing: the manifest has every row now
     wall = time.time() - started
     summary = {**summarise(counts, wall, input_uri, output, config, run_id), "manifest": manifest_uri, "actor_pools": pools}
     storage.write_bytes(storage.join(output, "summary.json"), json.dumps(summary, indent=2).encode())

@@ -37,7 +37,7 @@ _COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("source_uri", "string", "The input photo, as an absolute path or a URI."),
     ("status", "string", "ok, rejected (the input cannot make an avatar) or failed (an error of ours or of the infrastructure)."),
     ("reason", "string", "Machine-readable reason of a rejected or failed row; empty when ok."),
-    ("detail", "string", "What was wrong, for people; empty when ok."),
+    ("detail", "string", "What was wrong, for people; on an ok row, what was read with trouble (an unreadable EXIF orientation), else empty."),
     ("avatar_uri", "string", "Folder holding the avatar's files (null unless ok)."),
     ("bundle_uri", "string", "avatar.safetensors, the animatable avatar (null unless ok)."),
     ("ply_uri", "string", "avatar.ply, the posed splats (null unless ok)."),
@@ -167,6 +167,7 @@ class ManifestWriter:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
+            os.chmod(self._local_tmp, storage.file_mode())
             os.replace(self._local_tmp, self._target)
             self._local_tmp = None
         else:

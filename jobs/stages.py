@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import re
 import time
 from typing import Any
 
@@ -22,9 +24,11 @@ from avatar_forge.metrics import stage_observer
 from avatar_ops.io import storage
 from avatar_ops.stages.codec import payload_from_bytes, payload_to_bytes
 from avatar_ops.stages.config import PipelineConfig, avatar_id
-from avatar_ops.stages.payload import Payload, decoded_payload
-from avatar_ops.stages.stage import build_stages
-from avatar_ops.types import FINAL_STATUSES
+from avatar_ops.stages.payload import Payload, decoded_payload, rejected
+from avatar_ops.stages.stage import build_stages, failure
+from avatar_ops.types import FINAL_STATUSES, Rejected
+
+log = logging.getLogger("avatar_forge.batch")
 
 #: What a row records of its outcome (JSON columns hold dicts; times are seconds since the epoch,
 #: NaN until known).
@@ -80,7 +84,23 @@ def _keypoints(row: dict):
     return parse_keypoints_json(value if isinstance(value, str) else json.dumps(value))
 
 
-def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str) -> dict[str, np.ndarray]:
+#: What an id given in an input manifest may be: it names the avatar's folder under OUTPUT.
+MANIFEST_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+def id_problem(row_id: str, duplicates: frozenset[str] = frozenset()) -> Rejected | None:
+    """Why a manifest's id cannot be used (None: it can). Empty ids are filled with the content id."""
+    if not row_id:
+        return None
+    if not MANIFEST_ID.fullmatch(row_id):
+        shown = row_id if len(row_id) <= 80 else row_id[:80] + "..."
+        return Rejected("bad_id", f"id {shown!r} must be 1-128 characters of letters, digits, '.', '_' or '-', not starting with '.' or '-'")
+    if row_id in duplicates:
+        return Rejected("duplicate_id", f"id {row_id!r} is given to more than one row of the input manifest; every such row is rejected")
+    return None
+
+
+def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str, duplicate_ids: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Read, hash and decode (CPU task). Rows already finished by an earlier run with the same
     bytes and config come back ``resumed`` with their recorded outcome."""
     config = PipelineConfig.model_validate_json(config_json)
@@ -90,38 +110,53 @@ def decode_batch(batch: dict[str, np.ndarray], config_json: str, output: str) ->
     if metrics is not None:
         metrics.started(len(rows))
     outcomes = []  # (status, reason, seconds) of every row decoded here (not resumed)
+    duplicates = frozenset(duplicate_ids)
     for row in rows:
         row.update(config_digest=digest, content_id="", resumed=False, started_at=time.time(), finished_at=math.nan)
         try:
-            data = storage.read_bytes(row["source_uri"])
-        except FileNotFoundError:
-            _write_payload(row, Payload(row["source_uri"], status="failed", reason="not_found", detail=f"no file at {row['source_uri']}"))
-            outcomes.append((row["status"], row["reason"], 0.0))
-            continue
-        except OSError as err:
-            _write_payload(row, Payload(row["source_uri"], status="failed", reason="unreadable", detail=f"{type(err).__name__}: {err}"))
-            outcomes.append((row["status"], row["reason"], 0.0))
-            continue
-        row["content_id"] = avatar_id(data, digest)
-        if not row["id"]:
-            row["id"] = row["content_id"]
-        previous = _finished_record(output, row)
-        if previous is not None:
-            row.update({k: previous[k] for k in (*OUTCOME_COLUMNS, *JSON_COLUMNS)}, payload=b"", resumed=True)
-            row.update({k: float(previous.get(k, math.nan)) for k in TIME_COLUMNS})  # records older than the times have none
-            continue
-        try:
-            keypoints = _keypoints(row)
-        except ValueError as err:
-            _write_payload(row, Payload(row["source_uri"], status="rejected", reason="bad_keypoints", detail=str(err)))
-            outcomes.append((row["status"], row["reason"], 0.0))
-            continue
-        payload = decoded_payload(row["source_uri"], data, config, id=row["id"], out_dir=storage.join(output, "avatars", row["id"]), keypoints=keypoints)
-        _write_payload(row, payload)
-        outcomes.append((payload.status, payload.reason, payload.seconds.get("decode", 0.0)))
+            outcome = _decode_row(row, config, digest, output, duplicates)
+        except Exception as err:  # noqa: BLE001  one row's surprise is that row's failure, never its block's
+            log.error("decoding %s raised", row["source_uri"], exc_info=err)
+            _write_payload(row, Payload(row["source_uri"], **failure("decode", err)))
+            outcome = (row["status"], row["reason"], 0.0)
+        if outcome is not None:
+            outcomes.append(outcome)
     if metrics is not None:
         metrics.finished(outcomes)
     return to_batch(rows)
+
+
+def _decode_row(row: dict, config: PipelineConfig, digest: str, output: str, duplicates: frozenset[str]) -> tuple[str, str, float] | None:
+    """Read, hash and decode one row in place; its (status, reason, seconds), or None when an
+    earlier run finished it (resumed)."""
+    problem = id_problem(row["id"], duplicates)
+    if problem is not None:
+        _write_payload(row, Payload(row["source_uri"], **rejected(problem)))
+        return row["status"], row["reason"], 0.0
+    try:
+        data = storage.read_bytes_at_most(row["source_uri"], config.decode.max_bytes + 1)
+    except FileNotFoundError:
+        _write_payload(row, Payload(row["source_uri"], status="failed", reason="not_found", detail=f"no file at {row['source_uri']}"))
+        return row["status"], row["reason"], 0.0
+    except OSError as err:
+        _write_payload(row, Payload(row["source_uri"], status="failed", reason="unreadable", detail=f"{type(err).__name__}: {err}"))
+        return row["status"], row["reason"], 0.0
+    row["content_id"] = avatar_id(data, digest)
+    if not row["id"]:
+        row["id"] = row["content_id"]
+    previous = _finished_record(output, row)
+    if previous is not None:
+        row.update({k: previous[k] for k in (*OUTCOME_COLUMNS, *JSON_COLUMNS)}, payload=b"", resumed=True)
+        row.update({k: float(previous.get(k, math.nan)) for k in TIME_COLUMNS})  # records older than the times have none
+        return None
+    try:
+        keypoints = _keypoints(row)
+    except ValueError as err:
+        _write_payload(row, Payload(row["source_uri"], status="rejected", reason="bad_keypoints", detail=str(err)))
+        return row["status"], row["reason"], 0.0
+    payload = decoded_payload(row["source_uri"], data, config, id=row["id"], out_dir=storage.join(output, "avatars", row["id"]), keypoints=keypoints)
+    _write_payload(row, payload)
+    return payload.status, payload.reason, payload.seconds.get("decode", 0.0)
 
 
 def _finished_record(output: str, row: dict) -> dict | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -47,6 +48,30 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
         return f.read()
 
 
+def read_bytes_at_most(uri: str | os.PathLike, limit: int) -> bytes:
+    """The first ``limit`` bytes of an object (all of it when smaller): a caller that refuses
+    anything over N bytes reads N + 1 and never holds a larger file (or an endless one).
+
+    Raises:
+        FileNotFoundError: when ``uri`` does not exist.
+    """
+    if limit < 0:
+        raise ValueError(f"`limit` must be at least 0 bytes, got {limit}.")
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return f.read(limit)
+
+
+def file_mode() -> int:
+    """The mode a new file gets under this process's umask (0o666 & ~umask): temporary files are
+    created 0600 and take it before they are published."""
+    with open("/proc/self/status") as status:  # read, not set: os.umask() would race other threads
+        for line in status:
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    raise RuntimeError("/proc/self/status has no Umask line (Linux 4.7 or later is needed).")
+
+
 def write_bytes(uri: str | os.PathLike, data: bytes) -> str:
     """Write ``data`` to ``uri`` atomically and return the URI written."""
     uri = str(uri)
@@ -60,6 +85,7 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> str:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, file_mode())
             os.replace(tmp, target)
         except BaseException:
             if os.path.exists(tmp):
@@ -85,26 +111,43 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
+def _version(fs, path: str) -> str:
+    """What identifies the current content of an object or folder: each file's ETag (or
+    modification time) and size, so changed files at the same URI are a different version."""
+    entries = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
+    stamp = sorted((name, str(info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime") or info.get("created")), info.get("size")) for name, info in entries.items())
+    return hashlib.sha256(repr(stamp).encode()).hexdigest()[:16]
+
+
 def cache_locally(uri: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Return a local path for ``uri``: the path itself when local, else a copy in a node-local
-    cache (downloaded once, keyed by the URI)."""
+    cache, keyed by the URI and its content's version (ETags or modification times and sizes):
+    changed weights at the same URI are fetched again. Concurrent fetches of one version (threads
+    or processes) each download to a temporary name; the first to finish publishes, the others
+    drop theirs."""
     if is_local(uri):
         _, path = filesystem(uri)
         return Path(path)
     cache_root = Path(cache_dir or os.environ.get("AVATAR_CACHE_DIR", Path.home() / ".cache" / "avatar-forge"))
-    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    fs, path = filesystem(uri)
+    key = hashlib.sha256(uri.encode()).hexdigest()[:16] + "-" + _version(fs, path)
     target = cache_root / "downloads" / key / Path(uri.rstrip("/")).name
     if target.exists():
         return target
-    fs, path = filesystem(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
     if fs.isdir(path):
-        tmp = Path(tempfile.mkdtemp(dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".fetch-"))
         fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
-        os.replace(tmp, target)
     else:
-        fd, tmp = tempfile.mkstemp(dir=target.parent)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=".fetch-")
         os.close(fd)
-        fs.get(path, tmp)
-        os.replace(tmp, target)
+        tmp = Path(name)
+        fs.get(path, str(tmp))
+        os.chmod(tmp, file_mode())
+    try:
+        os.rename(tmp, target)  # a folder onto an existing one fails instead of merging
+    except OSError:
+        if not target.exists():
+            raise
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()  # another fetch published it first
     return target

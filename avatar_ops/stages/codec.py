@@ -44,7 +44,7 @@ def payload_to_bytes(payload: Payload) -> bytes:
     if payload.keypoints is not None:
         arrays["keypoints"] = np.stack(payload.keypoints) if payload.keypoints else np.zeros((0, 0, 3), np.float32)
     if payload.image is not None:
-        meta["image"] = {"format": payload.image.format, "mode": payload.image.mode}
+        meta["image"] = {"format": payload.image.format, "mode": payload.image.mode, "scale": payload.image.scale, "notes": list(payload.image.notes)}
         arrays["image.rgb"] = payload.image.rgb
         if payload.image.alpha is not None:
             arrays["image.alpha"] = payload.image.alpha
@@ -81,7 +81,8 @@ def payload_from_bytes(data: bytes, device: torch.device | str = "cpu") -> Paylo
     if "keypoints" in arrays:
         payload.keypoints = list(arrays["keypoints"])
     if "image" in meta:
-        payload.image = DecodedImage(rgb=arrays["image.rgb"], alpha=arrays.get("image.alpha"), **meta["image"])
+        image_meta = {**meta["image"], "notes": tuple(meta["image"].get("notes", ()))}
+        payload.image = DecodedImage(rgb=arrays["image.rgb"], alpha=arrays.get("image.alpha"), **image_meta)
     if "track" in meta:
         shape = arrays["track.mask_shape"]
         mask = np.unpackbits(arrays["track.mask"])[: int(np.prod(shape))].reshape(shape).astype(bool)

@@ -87,6 +87,6 @@ def decoded_payload(source: str, data: bytes, config: PipelineConfig, **fields) 
     t0 = time.perf_counter()
     decoded = decode_image(data, config.decode)
     payload = Payload(source, **fields)
-    payload.update(rejected(decoded) if isinstance(decoded, Rejected) else {"image": decoded})
+    payload.update(rejected(decoded) if isinstance(decoded, Rejected) else {"image": decoded, "detail": "; ".join(decoded.notes)})
     payload.add_seconds("decode", time.perf_counter() - t0)
     return payload

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -63,8 +62,10 @@ def run_isolated(process: Callable[[list], list], items: Sequence, on_error: Cal
 
 
 def failure(kind: str, err: Exception) -> dict[str, str]:
-    """The changes for an item whose stage raised."""
-    return {"status": "failed", "reason": "exception", "detail": f"{kind}: {type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"}
+    """The changes for an item whose stage raised: a one-line detail, what callers may show
+    clients (the caller logs the traceback)."""
+    message = str(err).splitlines()[0][:300] if str(err) else ""
+    return {"status": "failed", "reason": "exception", "detail": f"{kind}: {type(err).__name__}: {message}"}
 
 
 def fit_labels(result: SynthesisResult | None) -> list:

@@ -140,9 +140,11 @@ class TrackingOperator(BodyOperator):
         if item.keypoints is not None:
             if len(item.keypoints) == 0:
                 return Rejected("no_person", "the supplied keypoints list no person")
-            index = main_subject(item.keypoints, image.width, image.height)
-            keypoints = np.asarray(item.keypoints[index], dtype=np.float32)
-            num_people = len(item.keypoints)
+            # Given in the file's pixels; the photo may have been downscaled at decode.
+            people = [np.asarray(k, dtype=np.float32) * np.array([image.scale, image.scale, 1.0], np.float32) for k in item.keypoints]
+            index = main_subject(people, image.width, image.height)
+            keypoints = people[index]
+            num_people = len(people)
             if image.alpha is not None:
                 mask = image.alpha > 127
             elif self.detector is not None:

@@ -122,3 +122,60 @@ def test_limits_are_configurable():
 def test_wrong_argument_type_raises():
     with pytest.raises(TypeError, match="data"):
         decode_image("not bytes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_broken_exif_leaves_the_pixels_as_stored_with_a_note(fmt):
+    from tests.inputs import broken_exif_photo
+
+    out = decode_image(broken_exif_photo(fmt))
+    assert isinstance(out, DecodedImage), out
+    assert out.rgb.shape == (200, 160, 3)  # not rotated: the orientation could not be read
+    assert len(out.notes) == 1 and "EXIF orientation not applied" in out.notes[0]
+
+
+def test_a_scan_bomb_is_refused_before_decoding_and_a_slow_decode_is_stopped():
+    import time
+
+    from avatar_ops.io.image import jpeg_scan_count
+    from tests.inputs import scan_bomb_jpeg
+
+    bomb = scan_bomb_jpeg(1024, 2000)
+    assert len(bomb) < 100_000 and jpeg_scan_count(bomb, 10_000) > 2000
+    t0 = time.perf_counter()
+    out = decode_image(bomb)
+    assert isinstance(out, Rejected) and out.reason == "too_many_scans", out
+    assert time.perf_counter() - t0 < 2.0
+    # Past the scan cap, the wall-time limit still holds: checked on every read of the decoder.
+    # 9 MP and 4,000 scans take over a second here; a 0.2 s budget stops it after a read or two.
+    slow = scan_bomb_jpeg(3000, 4000)
+    t0 = time.perf_counter()
+    out = decode_image(slow, DecodeConfig(max_jpeg_scans=100_000, timeout_s=0.2))
+    assert isinstance(out, Rejected) and out.reason == "decode_timeout", out
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_camera_mpo_decodes_as_its_first_image():
+    from tests.inputs import mpo_photo
+
+    out = decode_image(mpo_photo())
+    assert isinstance(out, DecodedImage) and out.format == "MPO" and out.rgb.shape == (160, 200, 3)
+    assert np.abs(out.rgb.astype(int) - (200, 120, 60)).max() <= 8  # JPEG's error on a flat colour
+
+
+def test_large_photos_are_downscaled_once_at_decode():
+    big = _encode(Image.fromarray(np.ascontiguousarray(np.broadcast_to(_gradient(400, 300), (300, 400, 3)))).resize((4000, 3000)), "JPEG", quality=90)
+    out = decode_image(big, DecodeConfig(max_side=1000))
+    assert isinstance(out, DecodedImage) and out.rgb.shape == (750, 1000, 3) and out.scale == pytest.approx(0.25)
+    png = decode_image(_encode(Image.fromarray(_gradient(1200, 300)), "PNG"), DecodeConfig(max_side=600))
+    assert png.rgb.shape == (150, 600, 3) and png.scale == pytest.approx(0.5)
+    small = decode_image(_encode(Image.fromarray(_gradient()), "PNG"), DecodeConfig(max_side=600))
+    assert small.rgb.shape == (160, 200, 3) and small.scale == 1.0
+
+
+def test_files_are_read_no_further_than_the_size_limit(tmp_path):
+    from avatar_ops.io.storage import read_bytes_at_most
+
+    assert len(read_bytes_at_most("/dev/zero", 1001)) == 1001  # an endless file costs the limit, no more
+    out = load_image("/dev/zero", DecodeConfig(max_bytes=1000))
+    assert isinstance(out, Rejected) and out.reason == "too_many_pixels" and "max_bytes=1000" in out.detail

@@ -71,7 +71,7 @@ def test_the_chain_and_which_items_a_stage_takes(anny_body):
 
 def test_payload_bytes_round_trip_exactly(anny_body, shot):
     payload = _tracked(shot, id="abc", out_dir="memory://out", preset="standard", synthesis_mode="view", keypoints=[shot.track.keypoints])
-    payload.image = DecodedImage(rgb=shot.rgb, alpha=np.full(shot.rgb.shape[:2], 200, np.uint8), format="png", mode="RGBA")
+    payload.image = DecodedImage(rgb=shot.rgb, alpha=np.full(shot.rgb.shape[:2], 200, np.uint8), format="png", mode="RGBA", scale=0.5, notes=("EXIF orientation not applied",))
     Stage("reconstruct", CONFIG, anny_body).run([payload])
     payload.avatar = payload.reconstruction.avatar
     payload.quality, payload.seconds = {"track_mask_iou": 0.9}, {"decode": 0.01}
@@ -81,7 +81,7 @@ def test_payload_bytes_round_trip_exactly(anny_body, shot):
     np.testing.assert_array_equal(back.keypoints[0], payload.keypoints[0])
     np.testing.assert_array_equal(back.image.rgb, payload.image.rgb)
     np.testing.assert_array_equal(back.image.alpha, payload.image.alpha)
-    assert (back.image.format, back.image.mode) == ("png", "RGBA")
+    assert (back.image.format, back.image.mode, back.image.scale, back.image.notes) == ("png", "RGBA", 0.5, ("EXIF orientation not applied",))
     assert back.track.to_json() == payload.track.to_json()
     np.testing.assert_array_equal(back.track.mask, payload.track.mask)
     for name in ("neighbours", "seen", "mask", "placed"):

@@ -319,3 +319,16 @@ def test_a_stride_is_fitted_in_depth_when_the_detector_flattens_it(anny_body):
     # Measured: at most 3.7 degrees (the detector's own directions: 13 to 31; a fit that follows
     # them: up to 21). 8 degrees is a stride in depth; a stride flattened towards the image is not.
     assert max(errors) < 8.0, errors
+
+
+def test_supplied_keypoints_follow_a_photo_downscaled_at_decode(anny_body):
+    """Keypoints are given in the file's pixels; the decoded photo may be smaller (max_side)."""
+    rgb = np.zeros((300, 200, 3), np.uint8)
+    alpha = np.zeros((300, 200), np.uint8)
+    alpha[50:250, 60:140] = 255
+    kp = np.zeros((len(KEYPOINT_NAMES), 3), np.float32)
+    kp[:, 0], kp[:, 1], kp[:, 2] = 200.0, 300.0, 0.9  # the file's pixels: twice the decoded size
+    operator = TrackingOperator(TrackingConfig(), anny_body, None)
+    target = operator._prepare(TrackInput(DecodedImage(rgb=rgb, alpha=alpha, format="PNG", mode="RGBA", scale=0.5), [kp]))
+    np.testing.assert_array_equal(target.keypoints[:, :2], np.tile([100.0, 150.0], (len(KEYPOINT_NAMES), 1)))
+    np.testing.assert_array_equal(target.keypoints[:, 2], kp[:, 2])  # confidences untouched

@@ -152,6 +152,9 @@ def test_manifest_input_with_ids_and_bad_rows(local_ray, samples_dir, tmp_path):
         {"id": "subject-1", "uri": photo},
         {"id": "subject-2", "uri": photo, "keypoints": "{this is not json"},
         {"id": "subject-3", "uri": str(tmp_path / "missing.jpg")},
+        {"id": "../../../escaped", "uri": photo},
+        {"id": "twin", "uri": photo},
+        {"id": "twin", "uri": str(samples_dir / "woman_dress_fullbody.jpg")},
     ]
     manifest = tmp_path / "inputs.jsonl"
     manifest.write_text("\n".join(json.dumps(line) for line in lines))
@@ -163,7 +166,11 @@ def test_manifest_input_with_ids_and_bad_rows(local_ray, samples_dir, tmp_path):
     config = JobConfig.model_validate({**FAST, "pipeline": {**FAST["pipeline"], **synthesis}})
     run_job(str(manifest), str(out), config, progress=False)
     rows = {r["id"]: r for r in _read_manifest(str(out / "manifest" / "manifest.parquet"))}
-    assert set(rows) == {"subject-1", "subject-2", "subject-3"}
+    assert set(rows) == {"subject-1", "subject-2", "subject-3", "../../../escaped", "twin"}
+    assert (rows["../../../escaped"]["status"], rows["../../../escaped"]["reason"]) == ("rejected", "bad_id")
+    assert not (tmp_path / "escaped").exists() and sorted(p.name for p in (out / "avatars").iterdir()) == ["subject-1"]
+    twins = [r for r in _read_manifest(str(out / "manifest" / "manifest.parquet")) if r["id"] == "twin"]
+    assert [(r["status"], r["reason"]) for r in twins] == [("rejected", "duplicate_id")] * 2
     assert rows["subject-1"]["status"] == "ok" and (out / "avatars" / "subject-1" / "avatar.ply").exists()
     quality = dict(rows["subject-1"]["quality"])
     assert quality["synthesis_refined"] == 1.0 and quality["fit_pseudo_labels"] == 4.0

@@ -68,3 +68,34 @@ def test_an_aborted_manifest_publishes_nothing(tmp_path):
     assert list(target.parent.iterdir()) == []
     _write(target, ["ok"])
     assert pq.read_table(target).num_rows == 1 and [p.name for p in target.parent.iterdir()] == ["manifest.parquet"]
+
+
+def test_decode_isolates_rows_and_keeps_broken_exif_photos(tmp_path, monkeypatch):
+    """One row's surprise fails that row only; a photo with broken EXIF goes on, with a note."""
+    import numpy as np
+
+    import jobs.stages as stages
+    from avatar_ops.stages.config import PipelineConfig
+    from tests.inputs import broken_exif_photo, png_bytes
+
+    good, exif, cursed = tmp_path / "good.png", tmp_path / "exif.jpg", tmp_path / "cursed.png"
+    good.write_bytes(png_bytes(np.full((200, 160, 3), 120, np.uint8)))
+    exif.write_bytes(broken_exif_photo("JPEG"))
+    cursed.write_bytes(good.read_bytes() + b"\0")
+    real = stages.decoded_payload
+
+    def decoded_payload(source, *args, **kwargs):
+        if source.endswith("cursed.png"):
+            raise RuntimeError("a decoder bug\nwith a second line")
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "decoded_payload", decoded_payload)
+    uris = [str(good), str(exif), str(cursed)]
+    batch = {"row_index": np.arange(3), "id": np.array(["", "", ""], dtype=object), "source_uri": np.array(uris, dtype=object), "options": np.array(["{}"] * 3, dtype=object)}
+    out = stages.to_rows(stages.decode_batch(batch, PipelineConfig().model_dump_json(), str(tmp_path / "out")))
+    by_name = {r["source_uri"].rsplit("/", 1)[-1]: r for r in out}
+    assert by_name["good.png"]["status"] == "pending" and by_name["good.png"]["detail"] == ""
+    assert by_name["exif.jpg"]["status"] == "pending" and "EXIF orientation not applied" in by_name["exif.jpg"]["detail"]
+    cursed_row = by_name["cursed.png"]
+    assert (cursed_row["status"], cursed_row["reason"]) == ("failed", "exception")
+    assert cursed_row["detail"] == "decode: RuntimeError: a decoder bug" and cursed_row["finished_at"] >= cursed_row["started_at"]
