@@ -24,17 +24,29 @@ def avatar_to_bytes(avatar: GaussianAvatar) -> tuple[bytes, dict]:
 
 
 def avatar_from_bytes(data: bytes) -> GaussianAvatar:
+    from safetensors import SafetensorError
     from safetensors.torch import load
 
-    tensors = load(data)  # validates the file; its header is then safe to read
+    try:
+        tensors = load(data)  # validates the file; its header is then safe to read
+    except SafetensorError as err:
+        raise ValueError(f"not an avatar bundle (safetensors): {err}") from err
     missing = [k for k in GaussianAvatar.TENSORS if k not in tensors]
     if missing:
         raise ValueError(f"not an avatar bundle: tensors {missing} are missing.")
     # safetensors layout: 8-byte little-endian header length, then the JSON header.
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-    meta = json.loads(header.get("__metadata__", {}).get("avatar", "{}"))
+    try:
+        meta = json.loads(header.get("__metadata__", {}).get("avatar", "{}"))
+    except (ValueError, RecursionError) as err:  # malformed, nested too deeply, over-long integers
+        raise ValueError(f"avatar bundle metadata `avatar` is not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"avatar bundle metadata `avatar` must be a JSON object, got {type(meta).__name__}.")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"avatar format_version must be {FORMAT_VERSION}, got {meta.get('format_version')!r}.")
+    sizes_ok = all(type(meta.get(k)) is int and meta[k] > 0 for k in ("width", "height"))
+    if not (isinstance(meta.get("body_model"), str) and sizes_ok):
+        raise ValueError(f"avatar bundle metadata needs `body_model` (a string), `width` and `height` (positive integers), got {str(meta)[:200]}.")
     return GaussianAvatar(body_model=meta["body_model"], width=int(meta["width"]), height=int(meta["height"]), **tensors)
 
 

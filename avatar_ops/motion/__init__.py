@@ -1,16 +1,20 @@
 """SMPL-X motion clips: loading AMASS-style ``.npz`` files and the clips bundled with the package.
 
-A clip file holds either ``poses`` [T, 3 * J] (J >= 22: global orient then body joints, then
+A clip file holds either ``poses`` [T, 3 * J] (22 <= J <= 64: global orient then body joints, then
 optionally jaw/eyes/hands in SMPL-X order) or ``global_orient`` [T, 3] and ``body_pose``
-[T, 63]; ``trans`` [T, 3] (optional, metres); ``mocap_framerate`` (optional, default 30) and
-``up_axis`` (optional, ``y`` as SMPL-X or ``z`` as AMASS; z-up clips are turned y-up on load).
-Files are read with ``allow_pickle=False``.
+[T, 63]; ``trans`` [T, 3] (optional, metres); ``mocap_framerate`` (optional, one number in
+frames per second, default 30) and ``up_axis`` (optional, ``y`` as SMPL-X or ``z`` as AMASS; z-up
+clips are turned y-up on load). Other arrays (``betas``, ``dmpls``, ...) are ignored unread.
+
+Files are uploads from anyone, so they are read through :class:`~avatar_ops.motion.npz.BoundedNpz`:
+the zip directory and the ``.npy`` headers are checked against the limits below (and those in
+:mod:`avatar_ops.motion.npz`: archive, member and total sizes) before any array data is
+decompressed, object arrays are refused, and only the keys above are read.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 from pathlib import Path
 
@@ -19,6 +23,17 @@ import torch
 
 from avatar_ops.body.base import NUM_POSE_JOINTS
 from avatar_ops.body.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from avatar_ops.motion.npz import ArrayHeader, BoundedNpz, NpzLimits
+
+#: Most frames in a clip (5.5 minutes at 30 fps); longer clips are refused from their headers.
+MAX_FRAMES = 10_000
+#: Most joints in ``poses`` (SMPL-X has 55, SMPL-H 52).
+MAX_POSE_JOINTS = 64
+#: ``mocap_framerate`` bounds, frames per second (mocap runs at 30 to 250; below 1 the GIF
+#: encoder's frame duration overflows).
+MIN_FRAMERATE, MAX_FRAMERATE = 1.0, 1000.0
+#: The arrays a clip may use; any other is left unread.
+CLIP_KEYS = ("poses", "global_orient", "body_pose", "trans", "mocap_framerate", "up_axis")
 
 CLIPS_DIR = Path(__file__).parent / "clips"
 
@@ -40,53 +55,108 @@ def bundled_clips() -> list[str]:
     return sorted(p.stem for p in CLIPS_DIR.glob("*.npz"))
 
 
-def load_motion(source: str | bytes | Path, max_frames: int = 10_000) -> Motion:
-    """A bundled clip by name, a ``.npz`` path, or the bytes of one (an upload)."""
+def load_motion(source: str | bytes | Path, max_frames: int = MAX_FRAMES, limits: NpzLimits | None = None) -> Motion:
+    """A bundled clip by name, a ``.npz`` path, or the bytes of one (an upload).
+
+    Args:
+        source: a name from :func:`bundled_clips`, a local ``.npz`` path, or ``.npz`` bytes.
+        max_frames: most frames accepted, checked from the headers before any data is read.
+        limits: archive size limits; None: the defaults of :mod:`avatar_ops.motion.npz`.
+
+    Returns:
+        The clip, y up.
+
+    Raises:
+        ValueError: the source is not a clip, exceeds a limit, or holds a malformed field; the
+            message names the field, what was expected and what was found.
+    """
     if isinstance(source, str) and source in bundled_clips():
         source = CLIPS_DIR / f"{source}.npz"
-    if isinstance(source, bytes):
-        handle = io.BytesIO(source)
-    else:
+    if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.exists():
-            raise ValueError(f"`motion` must be a bundled clip ({', '.join(bundled_clips())}) or an existing .npz file, got {str(source)!r}.")
-        handle = path
-    try:
-        with np.load(handle, allow_pickle=False) as archive:
-            data = {key: archive[key] for key in archive.files}
-        keys = set(data)
-    except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"`motion` is not a readable .npz file (pickled objects are refused): {err}") from err
-    if "poses" in keys:
-        poses = np.asarray(data["poses"], dtype=np.float32)
-        if poses.ndim != 2 or poses.shape[1] % 3 or poses.shape[1] < 66:
-            raise ValueError(f"`poses` must be [T, 3 * J] with J >= 22, got {list(poses.shape)}.")
-        joints = poses.reshape(len(poses), -1, 3)[:, :NUM_POSE_JOINTS]
-    elif {"global_orient", "body_pose"} <= keys:
-        orient = np.asarray(data["global_orient"], dtype=np.float32).reshape(-1, 1, 3)
-        body = np.asarray(data["body_pose"], dtype=np.float32).reshape(len(orient), -1, 3)
-        if body.shape[1] != 21:
-            raise ValueError(f"`body_pose` must be [T, 63] (21 joints), got {list(data['body_pose'].shape)}.")
-        joints = np.concatenate([orient, body], 1)
-    else:
-        raise ValueError(f"a motion .npz needs `poses` or `global_orient` + `body_pose`; it has {sorted(keys)}.")
-    frames = len(joints)
-    if not 1 <= frames <= max_frames:
-        raise ValueError(f"a motion must have 1 to {max_frames} frames, got {frames}.")
+            clips = ", ".join(bundled_clips())
+            raise ValueError(f"`motion` must be a bundled clip ({clips}) or an existing .npz file, got {str(source)!r}.")
+        source = path
+    elif not isinstance(source, bytes):
+        raise TypeError(f"`motion` must be a clip name, a path or .npz bytes, got {type(source).__name__}.")
+    with BoundedNpz(source, "motion", limits) as npz:
+        headers = _clip_headers(npz, max_frames)
+        data = {key: npz.read(header) for key, header in headers.items()}
+    frames = headers["poses"].shape[0] if "poses" in headers else headers["global_orient"].shape[0]
+    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf: refused below
+        if "poses" in data:
+            joints = data["poses"].astype(np.float32).reshape(frames, -1, 3)[:, :NUM_POSE_JOINTS]
+        else:
+            orient = data["global_orient"].astype(np.float32).reshape(frames, 1, 3)
+            joints = np.concatenate([orient, data["body_pose"].astype(np.float32).reshape(frames, 21, 3)], 1)
+        trans = data["trans"].astype(np.float32).reshape(frames, 3) if "trans" in data else np.zeros((frames, 3), np.float32)
     pose = np.zeros((frames, NUM_POSE_JOINTS, 3), np.float32)
     pose[:, : joints.shape[1]] = joints
-    trans = np.asarray(data["trans"], dtype=np.float32) if "trans" in keys else np.zeros((frames, 3), np.float32)
-    if trans.shape != (frames, 3):
-        raise ValueError(f"`trans` must be [T, 3] = [{frames}, 3], got {list(trans.shape)}.")
-    if not (np.isfinite(pose).all() and np.isfinite(trans).all()):
-        raise ValueError("the motion holds NaN or infinite values.")
-    fps = float(data["mocap_framerate"]) if "mocap_framerate" in keys else 30.0
-    up = str(data["up_axis"]) if "up_axis" in keys else "y"
+    for field, values in (("poses" if "poses" in data else "global_orient/body_pose", pose), ("trans", trans)):
+        if not np.isfinite(values).all():
+            raise ValueError(f"`{field}` must hold finite float32 values, got NaN, infinite or out-of-range ones.")
+    fps = _framerate(data["mocap_framerate"]) if "mocap_framerate" in data else 30.0
+    up = _up_axis(data["up_axis"]) if "up_axis" in data else "y"
     pose_t, trans_t = torch.from_numpy(pose), torch.from_numpy(trans)
     if up == "z":
         to_y = axis_angle_to_matrix(torch.tensor([-math.pi / 2, 0.0, 0.0]))
         pose_t[:, 0] = matrix_to_axis_angle(to_y @ axis_angle_to_matrix(pose_t[:, 0]))
         trans_t = trans_t @ to_y.T
-    elif up != "y":
-        raise ValueError(f"`up_axis` must be 'y' or 'z', got {up!r}.")
     return Motion(pose=pose_t, transl=trans_t, fps=fps)
+
+
+def _clip_headers(npz: BoundedNpz, max_frames: int) -> dict[str, ArrayHeader]:
+    """The headers of the arrays the clip uses, checked (dtype, shape, frame count) before any
+    data is read."""
+    if "poses" in npz:
+        used = [k for k in CLIP_KEYS if k in npz and k not in ("global_orient", "body_pose")]
+    elif "global_orient" in npz and "body_pose" in npz:
+        used = [k for k in CLIP_KEYS if k in npz and k != "poses"]
+    else:
+        raise ValueError(f"a motion .npz needs `poses` or `global_orient` + `body_pose`; it has {npz.keys}.")
+    headers = {key: npz.header(key) for key in used}
+    for key, header in headers.items():
+        kinds = "US" if key == "up_axis" else "fiu"
+        if header.dtype.kind not in kinds:
+            expected = "a string" if key == "up_axis" else "numbers"
+            raise ValueError(f"`{key}` must hold {expected}, got dtype {header.dtype}.")
+    # Per-frame layouts: [T, *per_frame] with prod(per_frame) values, as documented above.
+    per_frame = {"global_orient": 3, "body_pose": 63, "trans": 3}
+    if "poses" in headers:
+        shape = headers["poses"].shape
+        if len(shape) != 2 or shape[1] % 3 or not 66 <= shape[1] <= 3 * MAX_POSE_JOINTS:
+            raise ValueError(f"`poses` must be [T, 3 * J] with 22 <= J <= {MAX_POSE_JOINTS}, got {list(shape)}.")
+    first = "poses" if "poses" in headers else "global_orient"
+    frames = headers[first].shape[0] if headers[first].shape else 0
+    if not 1 <= frames <= max_frames:
+        raise ValueError(f"a motion must have 1 to {max_frames} frames, `{first}` has {frames} (shape {list(headers[first].shape)}).")
+    for key, values in per_frame.items():
+        if key in headers:
+            shape = headers[key].shape
+            if not shape or shape[0] != frames or math.prod(shape[1:]) != values or len(shape) > 3:
+                raise ValueError(f"`{key}` must be [T, {values}] = [{frames}, {values}], got {list(shape)}.")
+    for key, expected in (("mocap_framerate", "one finite positive number of frames per second"), ("up_axis", "one string, 'y' or 'z'")):
+        if key in headers and math.prod(headers[key].shape) != 1:
+            raise ValueError(f"`{key}` must be {expected}, got an array of shape {list(headers[key].shape)}.")
+    if "up_axis" in headers and headers["up_axis"].dtype.itemsize > 64:
+        raise ValueError(f"`up_axis` must be 'y' or 'z', got a string dtype of {headers['up_axis'].dtype.itemsize} bytes.")
+    return headers
+
+
+def _framerate(value: np.ndarray) -> float:
+    """``mocap_framerate`` as one finite number of frames per second within the bounds."""
+    fps = float(value.reshape(()))
+    if not (math.isfinite(fps) and MIN_FRAMERATE <= fps <= MAX_FRAMERATE):
+        bounds = f"from {MIN_FRAMERATE:g} to {MAX_FRAMERATE:g} frames per second"
+        raise ValueError(f"`mocap_framerate` must be one finite number {bounds}, got {fps}.")
+    return fps
+
+
+def _up_axis(value: np.ndarray) -> str:
+    """``up_axis`` as 'y' or 'z'."""
+    item = value.reshape(()).item()
+    up = item.decode("latin-1") if isinstance(item, bytes) else str(item)
+    if up not in ("y", "z"):
+        raise ValueError(f"`up_axis` must be 'y' or 'z', got {up!r}.")
+    return up

@@ -423,3 +423,23 @@ def test_the_finer_colour_mesh_is_the_same_surface(anny_body):
     fine_image = fine.view(view).frags.interpolate(fine_verts, fine.faces)
     assert torch.equal(fine.view(view).frags.mask, view.frags.mask)
     assert (coarse_image - fine_image).norm(dim=-1).max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "metadata, message",
+    [(None, "not an avatar bundle \\(safetensors\\)"), ("[1]", "must be a JSON object, got list"), ("[" * 100_000, "not valid JSON"),
+     ('{"format_version": 1, "width": [1], "height": 2, "body_model": "anny"}', "needs `body_model`")],
+)  # fmt: skip
+def test_a_hostile_bundle_is_a_value_error(metadata, message):
+    """Bundles come from users (`animate`): every malformed one is a ValueError naming what is wrong."""
+    from safetensors.torch import save
+
+    from avatar_ops.avatar.bundle import avatar_from_bytes
+    from avatar_ops.avatar.model import GaussianAvatar
+
+    if metadata is None:
+        data = b"\x08\x00\x00\x00\x00\x00\x00\x00not json and no tensors"
+    else:
+        data = save({name: torch.zeros(1) for name in GaussianAvatar.TENSORS}, metadata={"avatar": metadata})
+    with pytest.raises(ValueError, match=message):
+        avatar_from_bytes(data)
