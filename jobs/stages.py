@@ -160,10 +160,10 @@ def _decode_row(row: dict, config: PipelineConfig, digest: str, output: str, dup
 
 
 def _finished_record(output: str, row: dict) -> dict | None:
-    uri = record_uri(output, row["id"], row["source_uri"])
-    if not storage.exists(uri):
+    try:
+        record = json.loads(storage.read_bytes(record_uri(output, row["id"], row["source_uri"])))
+    except FileNotFoundError:
         return None
-    record = json.loads(storage.read_bytes(uri))
     if record.get("content_id") != row["content_id"] or record.get("status") not in ("ok", "rejected"):
         return None  # other bytes or config, or a failure worth retrying
     files = json.loads(record.get("files") or "{}")

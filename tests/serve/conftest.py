@@ -10,6 +10,10 @@ import pytest
 from tests.net import free_port, wait_ready
 
 KEY = "test-key-123"
+#: A second client (another tenant) of the gated app.
+KEY_B = "test-key-b-456"
+#: The gated app's route prefix: the guard must hold under it too.
+PREFIX = "/avatar"
 #: Small enough for 2 cores: few Gaussians and iterations, tiny previews.
 FAST_PIPELINE = {
     "num_gaussians": 800,
@@ -58,3 +62,65 @@ def api(tmp_path_factory) -> Api:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@dataclasses.dataclass
+class Gated:
+    """The real ingress under :data:`PREFIX`, every stage a :class:`tests.serve.gate.GateStage`."""
+
+    base: str  # with the prefix
+    store: Path
+    settings: object
+    gate: object  # the Gate actor
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {KEY}"}
+
+    @property
+    def auth_b(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {KEY_B}"}
+
+    def counts(self) -> dict:
+        import ray
+
+        return ray.get(self.gate.counts.remote(), timeout=30)
+
+
+@pytest.fixture(scope="package")
+def gated_app(api, tmp_path_factory) -> Gated:
+    """A second app in the same Serve instance (no model loads, no CPU reserved): two ingress
+    replicas, small limits (2 pending jobs per replica, 2 s stage timeout, 0.5 s heartbeats), the
+    stage queue bounded at 2 ongoing + 2 queued."""
+    import ray
+    from ray import serve
+
+    from serve.app import AvatarAPI
+    from serve.config import ServeSettings
+    from tests.serve.gate import Gate, GateStage
+
+    store = tmp_path_factory.mktemp("gated-store")
+    settings = ServeSettings(
+        auth="api_key", api_keys=(KEY, KEY_B), storage=str(store), max_upload_bytes=100_000, max_inflight_requests=16,
+        request_timeout_s=2.0, max_pending_avatars=2, max_concurrent_avatars=2, heartbeat_s=0.5, readyz_cache_s=30.0, pipeline=FAST_PIPELINE,
+    )  # fmt: skip
+    gate = Gate.remote()
+    stage = serve.deployment(GateStage).options(name="gate", max_ongoing_requests=2, max_queued_requests=2, ray_actor_options={"num_cpus": 0}).bind(gate)
+    ingress = AvatarAPI.options(num_replicas=2, max_ongoing_requests=32, max_queued_requests=32, ray_actor_options={"num_cpus": 0})
+    serve.run(ingress.bind(settings.model_dump_json(), *[stage] * 5), name="gated", route_prefix=PREFIX, blocking=False)
+    base = f"{api.base}{PREFIX}"
+    if not wait_ready(f"{base}/readyz", 120):
+        pytest.fail("the gated Serve app did not become ready within 120 s")
+    yield Gated(base, store, settings, gate)
+    serve.delete("gated")
+    ray.kill(gate)
+
+
+@pytest.fixture
+def gated(gated_app) -> Gated:
+    """The gated app with its gate open, in ``pass`` mode and its counts cleared, and left so."""
+    import ray
+
+    ray.get(gated_app.gate.reset.remote(), timeout=30)
+    yield gated_app
+    ray.get(gated_app.gate.reset.remote(), timeout=30)

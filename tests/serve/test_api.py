@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,8 +15,11 @@ import requests
 import torch
 from PIL import Image
 
+from serve.store import tenant_id
 from tests.inputs import bad_files
-from tests.serve.conftest import FAST_PIPELINE, MAX_INFLIGHT
+from tests.serve.conftest import FAST_PIPELINE, KEY, MAX_INFLIGHT
+
+REPO = Path(__file__).resolve().parents[2]
 
 TERMINAL = ("ok", "rejected", "failed")
 
@@ -39,7 +43,8 @@ def _track_arrays(body: dict) -> dict[str, torch.Tensor]:
 
 
 def test_openapi_and_health(api):
-    schema = requests.get(f"{api.base}/openapi.json", timeout=30).json()
+    assert requests.get(f"{api.base}/openapi.json", timeout=30).status_code == 401  # open_docs is off by default
+    schema = requests.get(f"{api.base}/openapi.json", headers=api.auth, timeout=30).json()
     assert {"/v1/track", "/v1/avatars", "/v1/avatars/{avatar}", "/v1/avatars/{avatar}/files/{name}", "/v1/avatars/{avatar}/animate"} <= set(schema["paths"])
     assert "multipart/form-data" in schema["paths"]["/v1/track"]["post"]["requestBody"]["content"]
     assert requests.get(f"{api.base}/healthz", timeout=30).json() == {"status": "ok"}
@@ -100,8 +105,8 @@ def test_avatar_job_files_and_animation(api, samples_dir):
     preview = requests.get(f"{api.base}/v1/avatars/{avatar}/files/preview.png", headers=api.auth, timeout=60)
     assert preview.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(preview.content)).size == (FAST_PIPELINE["export"]["preview_size"],) * 2
-    # Results live in the store, the same layout the batch job writes.
-    assert (api.store / "avatars" / avatar / "avatar.ply").read_bytes() == ply.content
+    # Results live in the store, under the key's tenant, in the layout the batch job writes.
+    assert (api.store / "tenants" / tenant_id(KEY) / "avatars" / avatar / "avatar.ply").read_bytes() == ply.content
     # The same photo again: already done, same id, no new job.
     again = requests.post(f"{api.base}/v1/avatars", files={"image": photo}, headers=api.auth, timeout=60)
     assert again.status_code == 200 and again.json()["id"] == avatar and again.json()["status"] == "ok"
@@ -206,3 +211,23 @@ def test_overload_sheds_excess_quickly_and_finishes_accepted(api, samples_dir):
     # Shed requests are answered before any accepted one finishes: they did not wait in line.
     assert max(shed) < min(accepted), (shed, accepted)
     assert requests.get(f"{api.base}/readyz", timeout=30).status_code == 200
+
+
+def test_the_api_decodes_at_most_its_own_pixel_limit():
+    """A request's decoding is bounded by the API's pixel limit (below the batch job's): a 170 KB
+    PNG of 6300 x 6300 would hold 160 MB while it decodes."""
+    import yaml
+
+    from avatar_ops.io.image import DecodeConfig, decode_image
+    from serve.config import API_MAX_PIXELS, ServeSettings
+    from tests.inputs import png_bytes
+
+    assert API_MAX_PIXELS < DecodeConfig().max_pixels
+    assert ServeSettings(auth="disabled").pipeline.decode.max_pixels == API_MAX_PIXELS
+    for name in ("config.yaml", "local.yaml"):
+        app = yaml.safe_load((REPO / "serve" / name).read_text())["applications"][0]["args"]
+        assert ServeSettings.model_validate({**app, "auth": "disabled"}).pipeline.decode.max_pixels <= API_MAX_PIXELS, name
+    wide = png_bytes(np.zeros((6300, 6300), np.uint8))
+    assert len(wide) < 300_000
+    out = decode_image(wide, ServeSettings(auth="disabled").pipeline.decode)
+    assert out.reason == "too_many_pixels" and "6300x6300" in out.detail

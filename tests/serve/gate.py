@@ -1,0 +1,103 @@
+"""A stage the tests steer: every stage handle of a second Serve app (the real ingress) points at
+:class:`GateStage`, whose calls wait at a :class:`Gate` actor until a test opens it, so a test can
+hold jobs pending, see which calls started, and see which were cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+
+import ray
+
+
+@ray.remote(num_cpus=0)
+class Gate:
+    """Where :class:`GateStage` calls wait. ``mode``: ``pass`` (answer ``rejected: no_person``
+    for a pending payload, pass a finished one on), ``raise`` (the stage raises) or ``garbage``
+    (the stage answers bytes that are no payload)."""
+
+    def __init__(self) -> None:
+        self.opened = asyncio.Event()
+        self.opened.set()
+        self.changed = asyncio.Condition()
+        self.mode = "pass"
+        self.entered: list[str] = []  # ids of pending payloads that reached the stage
+        self.cancelled: list[str] = []
+        self.ready_calls = 0
+
+    def hold(self) -> None:
+        self.opened.clear()
+
+    def release(self) -> None:
+        self.opened.set()
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in ("pass", "raise", "garbage"):
+            raise ValueError(f"`mode` must be pass, raise or garbage, got {mode!r}.")
+        self.mode = mode
+
+    def counts(self) -> dict:
+        return {"entered": list(self.entered), "cancelled": list(self.cancelled), "ready_calls": self.ready_calls}
+
+    def reset(self) -> None:
+        self.entered.clear()
+        self.cancelled.clear()
+        self.mode = "pass"
+        self.opened.set()
+
+    async def _note(self, where: list[str], ident: str) -> None:
+        async with self.changed:
+            where.append(ident)
+            self.changed.notify_all()
+
+    async def enter(self, ident: str) -> str:
+        await self._note(self.entered, ident)
+        await self.opened.wait()
+        return self.mode
+
+    async def note_cancelled(self, ident: str) -> None:
+        await self._note(self.cancelled, ident)
+
+    def note_ready(self) -> None:
+        self.ready_calls += 1
+
+    async def wait_for(self, what: str, count: int, timeout_s: float) -> int:
+        """Wait until ``what`` (entered, cancelled) holds ``count`` ids, at most ``timeout_s``."""
+        where = {"entered": self.entered, "cancelled": self.cancelled}[what]
+        async with self.changed:
+            try:
+                await asyncio.wait_for(self.changed.wait_for(lambda: len(where) >= count), timeout_s)
+            except asyncio.TimeoutError:
+                pass
+        return len(where)
+
+
+class GateStage:
+    """Stands in for every stage deployment (``ready``, payload bytes in and out)."""
+
+    def __init__(self, gate) -> None:
+        import avatar_ops.stages.codec  # noqa: F401 - imported (torch and all) before the first call, not during it
+
+        self.gate = gate
+
+    async def ready(self) -> str:
+        await self.gate.note_ready.remote()
+        return "gate"
+
+    async def __call__(self, data: bytes) -> bytes:
+        from avatar_ops.stages.codec import payload_from_bytes, payload_to_bytes
+
+        payload = payload_from_bytes(data)
+        if not payload.pending:
+            return data
+        ident = payload.id or payload.source
+        try:
+            mode = await self.gate.enter.remote(ident)
+        except asyncio.CancelledError:
+            self.gate.note_cancelled.remote(ident)  # sent before this task ends; nothing to wait for
+            raise
+        if mode == "raise":
+            raise RuntimeError("gate stage told to raise, in /srv/secret/stage.py")
+        if mode == "garbage":
+            return b"not a payload"
+        payload.update({"status": "rejected", "reason": "no_person", "detail": "the gate stage finds nobody"})
+        return payload_to_bytes(payload)
