@@ -1,8 +1,10 @@
 """Writing an avatar's files under one folder (local path or URI):
 
 * ``avatar.safetensors`` + ``avatar.json``: the animatable bundle (:mod:`avatar_ops.avatar.bundle`).
-* ``avatar.ply`` and ``avatar_canonical.ply``: standard 3DGS PLY in the photo's pose and the
-  T-pose (:mod:`avatar_ops.avatar.ply`).
+* ``avatar.ply`` and ``avatar_canonical.ply``: standard 3DGS PLY, the photo's pose in the photo's
+  camera and the T-pose, both in OpenCV axes (y down) (:mod:`avatar_ops.avatar.ply`).
+* ``avatar_canonical.splat``: the T-pose as a ``.splat`` file web viewers load directly, same frame
+  (:mod:`avatar_ops.avatar.splat`); the canonical one, since that is the avatar a viewer shows.
 * ``preview.png``, ``turntable.gif``, ``animation.gif`` and ``contact_sheet.png``
   (:mod:`avatar_ops.avatar.previews`).
 """
@@ -15,8 +17,9 @@ import numpy as np
 
 from avatar_ops.avatar.bundle import avatar_to_bytes, package_versions
 from avatar_ops.avatar.model import GaussianAvatar
-from avatar_ops.avatar.ply import ply_bytes
+from avatar_ops.avatar.ply import avatar_splats, splats_to_ply
 from avatar_ops.avatar.previews import render_previews
+from avatar_ops.avatar.splat import splat_bytes
 from avatar_ops.body.base import BodyModel
 from avatar_ops.io import storage
 
@@ -27,11 +30,13 @@ def export_avatar(
 ) -> dict[str, str]:
     """Write every export file under ``out_dir`` (local path or URI); returns name -> URI."""
     bundle, meta = avatar_to_bytes(avatar)
+    canonical = avatar_splats(avatar, body, "canonical")
     files = {
         "avatar.safetensors": bundle,
         "avatar.json": json.dumps({**meta, "versions": package_versions(), **(extra or {})}, indent=2, default=float).encode(),
-        "avatar.ply": ply_bytes(avatar, body, "photo"),
-        "avatar_canonical.ply": ply_bytes(avatar, body, "canonical"),
+        "avatar.ply": splats_to_ply(avatar_splats(avatar, body, "photo")),
+        "avatar_canonical.ply": splats_to_ply(canonical),
+        "avatar_canonical.splat": splat_bytes(canonical),
         **render_previews(avatar, body, photo, turntable_views, preview_size, clip, animation_frames),
     }
     uris = {}
