@@ -35,12 +35,15 @@ def test_the_cache_survives_concurrent_fetches_and_refetches_changed_content(tmp
     memory = fsspec.filesystem("memory")
     memory.pipe({"/weights/model/config.json": b'{"v": 1}', "/weights/model/unet.bin": b"\1" * 1000})
     # Every fetch downloads before any publishes: the race that made a second rename of a folder
-    # fail with "Directory not empty".
+    # fail with "Directory not empty". The downloads themselves take turns: fsspec's memory
+    # filesystem hands every reader one shared file object (object stores do not).
     barrier = threading.Barrier(4, timeout=30)
+    turns = threading.Lock()
     get = type(memory).get
 
     def synchronised_get(self, *args, **kwargs):
-        out = get(self, *args, **kwargs)
+        with turns:
+            out = get(self, *args, **kwargs)
         barrier.wait()
         return out
 
