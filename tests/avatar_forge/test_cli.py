@@ -19,12 +19,17 @@ def test_help_lists_every_command(capsys):
 
 
 def test_track_writes_parameters_and_overlay(samples_dir, tmp_path, capsys):
+    from tests.inputs import broken_exif_photo
+
     photo = str(samples_dir / "man_hoodie_masked.png")
-    assert main(["track", photo, "-o", str(tmp_path), "--device", "cpu"]) == 0
+    exif = tmp_path / "broken_exif.jpg"  # its EXIF made Pillow raise struct.error: a traceback, once
+    exif.write_bytes(broken_exif_photo("JPEG"))
+    assert main(["track", photo, str(exif), "-o", str(tmp_path), "--device", "cpu"]) == 0
     record = json.loads((tmp_path / "man_hoodie_masked.json").read_text())
     assert record["status"] == "ok" and len(record["pose"]) == 55
     assert (tmp_path / "man_hoodie_masked_overlay.png").stat().st_size > 1000
-    assert "man_hoodie_masked.png: ok" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "man_hoodie_masked.png: ok" in printed and "broken_exif.jpg: REJECTED no_person" in printed  # a gradient, decoded
     assert main(["track", str(tmp_path / "missing.jpg"), "-o", str(tmp_path)]) == 1
 
 
