@@ -133,7 +133,7 @@ def _manifest_dataset(input_uri: str, num_cpus: float):
     return ds
 
 
-def read_inputs(input_uri: str, output: str, config: JobConfig, limit: int | None = None, run_id: str = "adhoc"):
+def read_inputs(input_uri: str, output: str, config: JobConfig, limit: int | None, run_id: str):
     """The inputs as a dataset of row_index, id, source_uri, options (a folder is listed first,
     under the run's own work folder)."""
     import ray.data
