@@ -25,16 +25,32 @@ $(VENV)/prometheus/.fetched: $(VENV)/.installed
 	  || echo "warning: could not fetch Debian's prometheus package; the Prometheus test will be skipped"
 	touch $@
 
+# Debian's Chromium for the viewer tests (Playwright drives it; no browser is downloaded). Without
+# root or a package mirror the install fails and those tests skip, saying what is missing.
+$(VENV)/chromium.checked: $(VENV)/.installed
+	test -x /usr/bin/chromium \
+	  || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+	  || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } \
+	  || echo "warning: could not install Debian's chromium package; the viewer tests will be skipped"
+	touch $@
+
+# The Khronos glTF validator (npm, pinned by tests/gltf/package-lock.json) for the avatar.glb tests;
+# without node/npm or the registry the install fails and that test skips, saying so.
+tests/gltf/node_modules/.installed: tests/gltf/package.json tests/gltf/package-lock.json
+	cd tests/gltf && npm ci --no-audit --no-fund --silent >/dev/null 2>&1 \
+	  && touch node_modules/.installed \
+	  || echo "warning: could not install the glTF validator (npm ci in tests/gltf); its test will be skipped"
+
 setup: $(VENV)/.installed
 
 demo: setup
 	$(LOOPBACK) $(VENV)/bin/avatar-forge batch samples out/demo
 	@echo "results: $(CURDIR)/out/demo (avatars/<id>/, manifest/manifest.parquet, summary.json)"
 
-test: setup $(VENV)/prometheus/.fetched
+test: setup $(VENV)/prometheus/.fetched $(VENV)/chromium.checked tests/gltf/node_modules/.installed
 	$(LOOPBACK) $(VENV)/bin/pytest -q
 
-test-all: setup $(VENV)/prometheus/.fetched
+test-all: setup $(VENV)/prometheus/.fetched $(VENV)/chromium.checked tests/gltf/node_modules/.installed
 	$(LOOPBACK) $(VENV)/bin/pytest -q -m ''
 
 # Every CUDA path once, within 8 minutes, as one JSON object (exits 0 saying so without CUDA).

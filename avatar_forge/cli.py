@@ -121,10 +121,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from avatar_ops.avatar.fit import FitConfig
     from avatar_ops.io import storage
     from avatar_ops.pipeline import AvatarPipeline
-    from avatar_ops.stages.config import PipelineConfig
+    from avatar_ops.motion import load_motion
+    from avatar_ops.stages.config import ExportConfig, PipelineConfig
 
+    clips = ExportConfig().glb_clips + tuple(args.clip or ())
+    try:
+        export = ExportConfig(glb_clips=clips)
+        for clip in args.clip or ():
+            load_motion(clip)  # a bad clip fails here, not after every photo's fit
+    except ValueError as err:
+        print(f"error: --clip: {err}", file=sys.stderr)
+        return 2
     pipeline = AvatarPipeline(
-        PipelineConfig(preset=args.preset, tracking=_tracking_config(args), fit=FitConfig(iters=args.fit_iters), **_synthesis_settings(args, default_mode="none"))
+        PipelineConfig(
+            preset=args.preset, tracking=_tracking_config(args), fit=FitConfig(iters=args.fit_iters), export=export,
+            **_synthesis_settings(args, default_mode="none"),
+        )
     )
     failures = 0
     for photo in args.photos:
@@ -380,12 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         summary="build an animatable Gaussian avatar from each photo",
         description="Track, reconstruct, fit and export each photo into OUTPUT/<stem>/: avatar.safetensors + avatar.json "
-        "(the animatable bundle), avatar.ply (standard 3DGS), preview.png and turntable.gif.",
+        "(the animatable bundle), avatar.ply and avatar_canonical.ply/.splat (standard 3DGS), avatar.glb (skinned glTF with its "
+        "motion clips, for Blender, three.js and game engines), preview.png, turntable.gif, animation.gif and contact_sheet.png.",
     )
     gen.add_argument("photos", nargs="+", metavar="PHOTO", help="image files: local paths or fsspec URIs")
     gen.add_argument("-o", "--output", default="out/avatars", help="output folder or URI (default: out/avatars)")
     gen.add_argument("--preset", choices=PRESETS, default="preview", help="fit quality: resolution, Gaussians, iterations (default: preview)")
     gen.add_argument("--fit-iters", type=int, default=None, help="override the preset's fitting iterations")
+    gen.add_argument(
+        "--clip", action="append", metavar="NPZ", default=None,
+        help="an AMASS-style SMPL-X .npz motion added to avatar.glb's animations beside walk and wave (repeatable; named after the file's stem)",
+    )  # fmt: skip
     _add_synthesis_args(gen, default_mode="none")
     _add_body_args(gen)
     gen.set_defaults(func=cmd_generate)

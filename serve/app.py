@@ -10,7 +10,8 @@ Endpoints (every one but ``/healthz`` and ``/readyz``, and the docs with ``open_
 - ``POST /v1/track``: one photo -> body parameters, camera, keypoints, quality.
 - ``POST /v1/avatars``: one photo and options -> 202 and an avatar id; the work runs in the
   background on the stage deployments (200 when that photo and config already finished).
-- ``GET /v1/avatars/{id}``: status, reason, timings, files; ``GET /v1/avatars/{id}/files/{name}``.
+- ``GET /v1/avatars/{id}``: status, reason, timings, files; ``GET /v1/avatars/{id}/files/{name}``;
+  ``GET /v1/avatars/{id}/viewer``: the avatar's self-contained viewer page.
 - ``POST /v1/avatars/{id}/animate``: a bundled clip or an uploaded SMPL-X ``.npz`` -> GIF or MP4.
 - ``GET /healthz`` (liveness), ``GET /readyz`` (every stage answers; cached for
   ``readyz_cache_s``), ``/openapi.json``, ``/docs``.
@@ -58,7 +59,7 @@ from avatar_ops.types import PRESETS, STAGE_KINDS, SYNTHESIS_MODES, Rejected
 from serve.adapter import StageDeployment
 from serve.config import ServeSettings
 from serve.guard import GuardMiddleware, configure_guard, request_id, tenant
-from serve.store import CONTENT_TYPES, FINAL, AvatarStore, valid_id
+from serve.store import CONTENT_TYPES, FINAL, VIEWER_HEADERS, AvatarStore, valid_id
 
 log = logging.getLogger("ray.serve")
 
@@ -329,7 +330,7 @@ class AvatarAPI:
         files = sorted(status.get("files") or [])
         if (tenant(request.scope), status["id"]) not in self.jobs and self._stale(status):
             status = {**status, "status": "failed", "reason": "interrupted", "detail": "the job stopped updating (its replica restarted?); POST the photo again to redo it"}
-        return {**{k: v for k, v in status.items() if k != "files"}, "files": files, "links": {"self": base, "files": {n: f"{base}/files/{n}" for n in files}, "animate": f"{base}/animate"}}
+        return {**{k: v for k, v in status.items() if k != "files"}, "files": files, "links": {"self": base, "files": {n: f"{base}/files/{n}" for n in files}, "animate": f"{base}/animate", "viewer": f"{base}/viewer"}}
 
     async def _status(self, request: Request, avatar: str) -> dict:
         if not valid_id(avatar):
@@ -512,7 +513,19 @@ class AvatarAPI:
         if name not in (status.get("files") or []):
             raise _http_error(404, "unknown_file", f"avatar {avatar} has no file {_client_detail(repr(name))[:80]}; it has {sorted(status.get('files') or [])}")
         suffix = "." + name.rsplit(".", 1)[-1]
-        return StreamingResponse(self.store.iter_file(tenant(request.scope), avatar, name), media_type=CONTENT_TYPES.get(suffix, "application/octet-stream"))
+        headers = VIEWER_HEADERS if suffix == ".html" else None
+        return StreamingResponse(self.store.iter_file(tenant(request.scope), avatar, name), media_type=CONTENT_TYPES.get(suffix, "application/octet-stream"), headers=headers)
+
+    @api.get(f"/{API_VERSION}/avatars/{{avatar}}/viewer", tags=["avatars"])
+    async def viewer(self, avatar: str, request: Request) -> StreamingResponse:
+        """The avatar's viewer page: its splat with orbit controls beside its glTF playing a clip
+        (``viewer.html``, self-contained: it loads nothing else)."""
+        status = await self._status(request, avatar)
+        if status["status"] != "ok":
+            raise _http_error(409, "not_ready", f"avatar {avatar} is {status['status']}, not ok")
+        if "viewer.html" not in (status.get("files") or []):
+            raise _http_error(404, "no_viewer", f"avatar {avatar} was exported without viewer.html (export.viewer was false)")
+        return StreamingResponse(self.store.iter_file(tenant(request.scope), avatar, "viewer.html"), media_type=CONTENT_TYPES[".html"], headers=VIEWER_HEADERS)
 
     @api.post(f"/{API_VERSION}/avatars/{{avatar}}/animate", tags=["avatars"], openapi_extra=_ANIMATE_BODY)
     async def animate(self, avatar: str, request: Request) -> Response:

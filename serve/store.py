@@ -29,8 +29,20 @@ ANONYMOUS = "anonymous"
 FINAL = ("ok", "rejected", "failed")
 CONTENT_TYPES = {
     ".png": "image/png", ".gif": "image/gif", ".json": "application/json", ".ply": "application/octet-stream",
-    ".safetensors": "application/octet-stream", ".mp4": "video/mp4",
+    ".safetensors": "application/octet-stream", ".mp4": "video/mp4", ".glb": "model/gltf-binary",
+    ".splat": "application/octet-stream", ".html": "text/html; charset=utf-8",
 }  # fmt: skip
+#: Headers of a viewer page: it runs its own inline script (three.js, the splat renderer's
+#: WebAssembly and its workers from blob: URLs) on data embedded in it, and may load nothing
+#: else: no network, no other origin, not framed by another site.
+VIEWER_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline' 'wasm-unsafe-eval' blob:; worker-src blob:; "
+        "connect-src data: blob:; img-src data: blob:; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def valid_id(avatar_id: str) -> bool:

@@ -13,7 +13,7 @@ import torch
 from avatar_ops.types import STAGE_KINDS
 
 CONFIG = {
-    "num_gaussians": 800, "fit": {"iters": 3, "resolution": 64}, "export": {"turntable_views": 2, "preview_size": 48, "animation_frames": 2},
+    "num_gaussians": 800, "fit": {"iters": 3, "resolution": 64}, "export": {"turntable_views": 2, "preview_size": 48, "animation_frames": 2, "glb_texture_size": 256, "glb_max_frames": 8},
     "tracking": {"device": "cpu", "max_reprojection_error": 10.0, "fit": {"orient_iters": 5, "keypoint_iters": 5, "iters": 5}},
 }  # fmt: skip
 PHOTO = "man_hoodie_masked.png"

@@ -15,7 +15,7 @@ import os
 import torch
 from torch import Tensor
 
-from avatar_ops.body.base import KEYPOINT_NAMES, SMPLX_JOINT_NAMES, SMPLX_PARENTS, BodyModel, BodyOutput
+from avatar_ops.body.base import KEYPOINT_NAMES, SMPLX_JOINT_NAMES, SMPLX_PARENTS, BindPose, BodyModel, BodyOutput
 from avatar_ops.body.rotations import axis_angle_to_matrix, rotation_between
 
 # Anny frame -> SMPL-X frame: (x, y, z) -> (x, z, -y).
@@ -152,6 +152,22 @@ class AnnyBody(BodyModel):
     def smplx_skinning_weights(self) -> Tensor:
         weights = torch.zeros(self.num_vertices, len(SMPLX_JOINT_NAMES), dtype=self._skinning_weights.dtype, device=self.device)
         return weights.index_add_(1, self.bone_to_joint, self._skinning_weights)
+
+    @torch.no_grad()
+    def bind_pose(self, shape: Tensor) -> BindPose:
+        """Anny's own rest pose (an A-pose) and bone frames, turned into the SMPL-X frame."""
+        identity = torch.eye(4, dtype=self.m.dtype, device=self.m.device).expand(1, len(self.joint_names), 4, 4)
+        out = self.model(identity, shape[None].to(self.m.dtype))
+        to_smplx = torch.eye(4, dtype=self.m.dtype, device=self.m.device)
+        to_smplx[:3, :3] = self.m
+        parents = [int(p) for p in self.model.bone_parents]
+        return BindPose(vertices=out["rest_vertices"][0] @ self.m.T, joints=to_smplx @ out["rest_bone_poses"][0], parents=[-1] + parents[1:])
+
+    def uv_layout(self) -> tuple[Tensor, Tensor]:
+        """MakeHuman's texture layout, shipped in Anny's assets (OBJ orientation, v up, flipped here)."""
+        uv = self.model.texture_coordinates.to(self.m.dtype).clone()
+        uv[:, 1] = 1.0 - uv[:, 1]
+        return uv, self.model.face_texture_coordinate_indices.long()
 
     def default_shape(self) -> Tensor:
         return torch.full((self.num_shape_params,), 0.5, dtype=self.m.dtype, device=self.m.device)

@@ -63,6 +63,26 @@ class BodyOutput:
     rest_vertices: Tensor
 
 
+@dataclasses.dataclass
+class BindPose:
+    """A shaped body's rest pose, the pose its skinning starts from (SMPL-X frame, metres).
+
+    Linear blend skinning with the body's weights, ``sum_j w_j T_j v`` over these ``vertices``
+    with ``T_j = BodyOutput.joint_transforms[j]``, gives the posed vertices (SMPL-X adds its pose
+    corrective blendshapes on top). ``T_j @ joints[j]`` is joint ``j``'s posed frame, a rigid
+    transform, which is what a glTF skeleton animates.
+
+    Attributes:
+        vertices: [V, 3] the rest vertices.
+        joints: [J, 4, 4] each joint's rest frame (rigid, joint-to-body), in ``joint_names`` order.
+        parents: [J] each joint's parent index, -1 for the root; parents come first.
+    """
+
+    vertices: Tensor
+    joints: Tensor
+    parents: list[int]
+
+
 class BodyModel(nn.Module, abc.ABC):
     """A parametric body driven by shape parameters and an SMPL-X pose.
 
@@ -96,6 +116,16 @@ class BodyModel(nn.Module, abc.ABC):
         if tuple(self.joint_names) != SMPLX_JOINT_NAMES:
             raise NotImplementedError(f"{type(self).__name__} has its own skeleton and must map it onto the SMPL-X joints.")
         return self._skinning_weights
+
+    @abc.abstractmethod
+    def bind_pose(self, shape: Tensor) -> BindPose:
+        """The rest pose of the body of [S] ``shape`` (see :class:`BindPose`)."""
+
+    def uv_layout(self) -> tuple[Tensor, Tensor] | None:
+        """The body's texture layout, when its assets have one: ``uv`` [U, 2] coordinates in [0, 1]
+        (glTF orientation: v = 0 at the image's top row) and ``face_uv`` [F, 3], each face corner's
+        row of ``uv``. None for a body without one."""
+        return None
 
     @abc.abstractmethod
     def default_shape(self) -> Tensor:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from avatar_ops.body.base import KEYPOINT_NAMES, SMPLX_JOINT_NAMES, BodyModel, BodyOutput
+from avatar_ops.body.base import KEYPOINT_NAMES, SMPLX_JOINT_NAMES, SMPLX_PARENTS, BindPose, BodyModel, BodyOutput
 from avatar_ops.body.rotations import axis_angle_to_matrix
 from avatar_ops.io.storage import cache_locally
 
@@ -93,6 +93,17 @@ class SMPLXBody(BodyModel):
         validate_smplx_npz(path)
         layer = smplx.SMPLXLayer(model_path=str(path), ext="npz", num_betas=num_betas, use_pca=False, flat_hand_mean=True, gender=gender)
         return cls(layer).to(device)
+
+    @torch.no_grad()
+    def bind_pose(self, shape: Tensor) -> BindPose:
+        """The shaped template (a T-pose) and its regressed joints, each frame unrotated."""
+        from smplx.lbs import blend_shapes, vertices2joints
+
+        rest = self.layer.v_template[None] + blend_shapes(shape[None].to(self.layer.v_template.dtype), self.layer.shapedirs)
+        heads = vertices2joints(self.layer.J_regressor, rest)[0]
+        frames = torch.eye(4, dtype=rest.dtype, device=rest.device).repeat(len(SMPLX_JOINT_NAMES), 1, 1)
+        frames[:, :3, 3] = heads
+        return BindPose(vertices=rest[0], joints=frames, parents=list(SMPLX_PARENTS))
 
     def default_shape(self) -> Tensor:
         return torch.zeros(self.num_shape_params, dtype=self._skinning_weights.dtype, device=self.device)

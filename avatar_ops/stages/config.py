@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from avatar_ops.avatar.fit import PRESET_SETTINGS, FitConfig
 from avatar_ops.avatar.limits import PartLimits
@@ -23,6 +23,36 @@ class ExportConfig(FrozenConfig):
     preview_size: int = Field(256, ge=16, description="Side of the previews in pixels.")
     clip: str = Field("wave", description="Bundled clip (or .npz path) for animation.gif.")
     animation_frames: int = Field(30, ge=1, description="Frames of animation.gif.")
+    glb_clips: tuple[str, ...] = Field(("walk", "wave"), description="Motion clips written into avatar.glb as its animations: bundled clip names or .npz paths.")
+    glb_texture_size: int = Field(1024, ge=64, le=4096, description="Side of avatar.glb's base-colour texture in pixels.")
+    glb_max_frames: int = Field(300, ge=1, le=3000, description="Most frames of each clip written into avatar.glb.")
+    viewer: bool = Field(True, description="Write viewer.html, the self-contained page showing the splat and the animated glTF (about 3 MB of script plus the avatar's files, base64).")
+
+    @field_validator("clip")
+    @classmethod
+    def _known_clip(cls, clip: str) -> str:
+        return _check_clip("clip", clip)
+
+    @field_validator("glb_clips")
+    @classmethod
+    def _known_clips(cls, clips: tuple[str, ...]) -> tuple[str, ...]:
+        from avatar_ops.avatar.gltf import clip_name
+
+        for clip in clips:
+            _check_clip("glb_clips", clip)
+        names = [clip_name(c, i) for i, c in enumerate(clips)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"`glb_clips` must name distinct animations (a path's stem names its clip), got {names}")
+        return clips
+
+
+def _check_clip(field: str, clip: str) -> str:
+    """A bundled clip's name or a path ending in .npz (read when the avatar is exported)."""
+    from avatar_ops.motion import bundled_clips
+
+    if clip not in bundled_clips() and not clip.endswith(".npz"):
+        raise ValueError(f"`{field}` entries must be a bundled clip ({', '.join(bundled_clips())}) or a .npz path, got {clip!r}")
+    return clip
 
 
 class PipelineConfig(FrozenConfig):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from avatar_forge.cli import build_parser, main
@@ -35,10 +36,21 @@ def test_track_writes_parameters_and_overlay(samples_dir, tmp_path, capsys):
 
 def test_generate_then_animate(samples_dir, tmp_path, capsys):
     photo = str(samples_dir / "man_hoodie_masked.png")
-    assert main(["generate", photo, "-o", str(tmp_path), "--fit-iters", "5", "--device", "cpu"]) == 0
+    # A user's own clip goes into avatar.glb beside the bundled ones, named after its file.
+    clip = tmp_path / "arms_up.npz"
+    poses = np.zeros((5, 66), np.float32)
+    poses[:, 3 * 16 + 2] = np.linspace(0, -1.2, 5)  # raise the left arm
+    np.savez(clip, poses=poses, mocap_framerate=np.array(25.0))
+    assert main(["generate", photo, "-o", str(tmp_path), "--fit-iters", "5", "--device", "cpu", "--clip", str(clip)]) == 0
     folder = tmp_path / "man_hoodie_masked"
-    for name in ("avatar.safetensors", "avatar.json", "avatar.ply", "preview.png", "turntable.gif"):
+    for name in ("avatar.safetensors", "avatar.json", "avatar.ply", "preview.png", "turntable.gif", "avatar.glb", "viewer.html"):
         assert (folder / name).stat().st_size > 100, name
+    from pygltflib import GLTF2
+
+    assert [a.name for a in GLTF2.load(str(folder / "avatar.glb")).animations] == ["walk", "wave", "arms_up"]
+    capsys.readouterr()
+    assert main(["generate", photo, "-o", str(tmp_path / "no"), "--clip", str(tmp_path / "missing.npz")]) == 2
+    assert "--clip" in capsys.readouterr().err and not (tmp_path / "no").exists()  # refused before any fit
     meta = json.loads((folder / "avatar.json").read_text())
     assert meta["body_model"] == "anny" and meta["quality"]["fit_psnr"] > 15
     gif = tmp_path / "wave.gif"

@@ -299,8 +299,8 @@ def test_export_bundle_ply_and_previews(fitted, anny_body, tmp_path):
     avatar = fitted.avatar
     files = export_avatar(avatar, anny_body, str(tmp_path / "a"), turntable_views=4, preview_size=64, animation_frames=6)
     assert set(files) == {
-        "avatar.safetensors", "avatar.json", "avatar.ply", "avatar_canonical.ply", "avatar_canonical.splat",
-        "preview.png", "turntable.gif", "animation.gif", "contact_sheet.png",
+        "avatar.safetensors", "avatar.json", "avatar.ply", "avatar_canonical.ply", "avatar_canonical.splat", "avatar.glb",
+        "viewer.html", "preview.png", "turntable.gif", "animation.gif", "contact_sheet.png",
     }  # fmt: skip
     fields = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
     for name in ("avatar.ply", "avatar_canonical.ply"):

@@ -206,7 +206,7 @@ def test_whole_chain_on_a_real_photo(tiny_svd, samples_dir, tmp_path):
         {
             "num_gaussians": 1000, "synthesis_mode": "both", "fit": {"iters": 3, "resolution": 48},
             "synthesis": {"model": str(tiny_svd), "device": "cpu", "size": 32, "view": {"num_frames": 2, "steps": 2, "window": 4}, "pose": {"num_frames": 2, "steps": 2, "window": 4}},
-            "export": {"turntable_views": 2, "preview_size": 32, "animation_frames": 2}, "tracking": {"device": "cpu"},
+            "export": {"turntable_views": 2, "preview_size": 32, "animation_frames": 2, "glb_texture_size": 256, "glb_max_frames": 8}, "tracking": {"device": "cpu"},
         }
     )  # fmt: skip
     outcome = AvatarPipeline(config).run(str(samples_dir / "man_hoodie_masked.png"), str(tmp_path / "avatar"))

@@ -20,7 +20,7 @@ from tests.inputs import bad_files
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {
-    "pipeline": {"num_gaussians": 800, "fit": {"iters": 2, "resolution": 64}, "export": {"turntable_views": 2, "preview_size": 48, "animation_frames": 2}},
+    "pipeline": {"num_gaussians": 800, "fit": {"iters": 2, "resolution": 64}, "export": {"turntable_views": 2, "preview_size": 48, "animation_frames": 2, "glb_texture_size": 256, "glb_max_frames": 8}},
     "ray": {"num_cpus": 2},
 }
 

@@ -136,6 +136,43 @@ def test_avatar_job_files_and_animation(api, samples_dir):
     assert missing.status_code == 404 and missing.json()["detail"]["reason"] == "unknown_file"
 
 
+def test_avatar_glb_and_viewer_page_in_a_browser(api, samples_dir):
+    """The job's avatar.glb streams as glTF; GET /v1/avatars/{id}/viewer serves viewer.html under
+    the API key, with a policy that lets it load nothing else, and a real Chromium draws the avatar
+    from it (the page's own checks: tests/avatar_ops/test_viewer.py)."""
+    from tests.browser import chromium_page, screenshot_array, wait_ready
+
+    photo = (samples_dir / "man_hoodie_masked.png").read_bytes()
+    r = requests.post(f"{api.base}/v1/avatars", files={"image": photo}, data={"preset": "preview"}, headers=api.auth, timeout=60)
+    assert r.status_code in (200, 202), r.text
+    status = _wait_for(api, r.json()["id"])
+    assert status["status"] == "ok", status
+    assert {"avatar.glb", "viewer.html"} <= set(status["files"])
+    glb = requests.get(f"{api.base}{status['links']['files']['avatar.glb']}", headers=api.auth, timeout=60)
+    assert glb.status_code == 200 and glb.headers["content-type"] == "model/gltf-binary" and glb.content[:4] == b"glTF"
+    url = f"{api.base}{status['links']['viewer']}"
+    assert requests.get(url, timeout=60).status_code == 401  # same auth as the rest of the API
+    page = requests.get(url, headers=api.auth, timeout=60)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert page.content == (api.store / "tenants" / tenant_id(KEY) / "avatars" / status["id"] / "viewer.html").read_bytes()
+    with chromium_page(640, 400) as browser:
+        requests_seen: list[str] = []
+        browser.on("request", lambda request: requests_seen.append(request.url))
+        browser.set_extra_http_headers(api.auth)
+        browser.goto(url)
+        state = wait_ready(browser)
+        assert state["splatCount"] == FAST_PIPELINE["num_gaussians"] and set(state["clips"]) == {"walk", "wave"}
+        browser.evaluate("() => window.viewerSettle()")
+        shot = screenshot_array(browser).astype(int)
+        browser.screenshot(path=str(api.store.parent / "served_viewer.png"))
+    background = shot[-5:, :5].reshape(-1, 3).mean(0)
+    centre = shot[100:300, 100:540]
+    assert (np.abs(centre - background).sum(-1) > 60).mean() > 0.01  # the avatar is drawn in the middle
+    # It fetched nothing but the page (its workers and assets come from blob:/data: URLs it makes itself).
+    assert [u for u in requests_seen if not u.startswith((url, "blob:", "data:"))] == []
+
+
 def test_avatar_job_with_synthesis_modes(api, samples_dir):
     """synthesis_mode=both runs the synthesis deployment (tiny SVD) and the fit uses its frames;
     it is another avatar than the plain one (the mode is part of the id)."""
