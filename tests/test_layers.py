@@ -7,7 +7,7 @@ module, walked with ``ast``, goes to the same floor or a lower one, and the pack
     avatar_ops.pipeline                    the stages in one process
     avatar_ops.stages                      the stage layer: config, payloads, codec, Stage, chain
     avatar_ops.{tracking,avatar,synthesis} the operators
-    avatar_ops.{io,body,render,motion}     shared pieces: no operator, no stage
+    avatar_ops.{io,body,render,motion,viewer} shared pieces: no operator, no stage
     avatar_ops.types
 """
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("avatar_ops", "jobs", "serve", "avatar_forge")
 FLOORS = {
     "avatar_ops.types": 0,
-    "avatar_ops.io": 1, "avatar_ops.body": 1, "avatar_ops.render": 1, "avatar_ops.motion": 1,
+    "avatar_ops.io": 1, "avatar_ops.body": 1, "avatar_ops.render": 1, "avatar_ops.motion": 1, "avatar_ops.viewer": 1,
     "avatar_ops.tracking": 2, "avatar_ops.avatar": 2, "avatar_ops.synthesis": 2,
     "avatar_ops.stages": 3,
     "avatar_ops.pipeline": 4,
