@@ -41,7 +41,8 @@ REJECT_REASONS: dict[str, str] = {
     "empty_file": "bad_input", "not_an_image": "bad_input", "unsupported_format": "bad_input", "truncated_image": "bad_input",
     "too_many_pixels": "bad_input", "too_small": "bad_input", "unreadable": "bad_input", "bad_keypoints": "bad_input",
     "too_many_scans": "bad_input", "decode_timeout": "bad_input", "bad_id": "bad_input", "duplicate_id": "bad_input",
-    "no_person": "no_person", "too_few_keypoints": "no_person", "fit_failed": "fit", "reconstruction_failed": "reconstruct",
+    "no_person": "no_person", "too_few_keypoints": "no_person", "subject_too_small": "subject", "subject_truncated": "subject",
+    "fit_failed": "fit", "reconstruction_failed": "reconstruct",
 }  # fmt: skip
 
 #: Reasons the batch job or Serve (not an operator) fails an item for, with their classes.

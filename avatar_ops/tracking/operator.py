@@ -29,7 +29,8 @@ class TrackingConfig(FrozenConfig):
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description="The bundled person detector.")
     fit: BodyFitConfig = Field(default_factory=BodyFitConfig, description="Fit weights and schedule.")
     device: str = Field("auto", description="`auto` (CUDA when available), `cpu` or `cuda[:N]`.")
-    min_keypoints: int = Field(6, ge=3, description="Fewer confident keypoints than this rejects the photo.")
+    min_keypoints: int = Field(6, ge=3, description="Fewer confident keypoints than this rejects the photo (`subject_truncated` when the photo's edge cuts the person, else `too_few_keypoints`).")
+    min_subject_height: int = Field(96, ge=1, description="A main subject whose confident keypoints span fewer pixels than this is rejected as `subject_too_small`.")
     max_reprojection_error: float = Field(0.1, gt=0, description="Mean keypoint error, as a fraction of the person's box height, above which the fit is rejected.")
 
 
@@ -115,6 +116,11 @@ class TrackResult:
         )  # fmt: skip
 
 
+def _touches_edge(mask: np.ndarray | None) -> bool:
+    """Whether a person mask reaches the photo's border."""
+    return mask is not None and bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+
+
 class TrackingOperator(BodyOperator):
     """``op(items) -> list[TrackResult | Rejected]``, one result per input, in order."""
 
@@ -155,13 +161,27 @@ class TrackingOperator(BodyOperator):
                 raise ValueError("This TrackingOperator has no detector: pass `keypoints` with every item.")
             detection = self.detector(image.rgb, image.alpha)
             if detection is None:
+                faces = self.detector.count_faces(image.rgb)
+                if faces:
+                    return Rejected("subject_truncated", f"{faces} face(s) but no body to fit: the photo's frame cuts the person (a head-and-shoulders photo?)")
                 return Rejected("no_person", "no person was detected in the photo")
             keypoints, mask, num_people, world = detection.keypoints, detection.mask, detection.num_people, detection.world_keypoints
         if keypoints.shape != (len(KEYPOINT_NAMES), 3):
             raise ValueError(f"keypoints must be [{len(KEYPOINT_NAMES)}, 3], got {keypoints.shape}.")
-        visible = int((keypoints[:, 2] > self.config.fit.min_confidence).sum())
+        confident = keypoints[:, 2] > self.config.fit.min_confidence
+        visible = int(confident.sum())
         if visible < self.config.min_keypoints:
-            return Rejected("too_few_keypoints", f"{visible} confident keypoints, fewer than min_keypoints={self.config.min_keypoints}")
+            seen = f"{visible} confident keypoints, fewer than min_keypoints={self.config.min_keypoints}"
+            if _touches_edge(mask):
+                return Rejected("subject_truncated", f"{seen}: the photo's edge cuts the main subject")
+            return Rejected("too_few_keypoints", seen)
+        span = float(np.ptp(keypoints[confident, 1]))
+        if span < self.config.min_subject_height:
+            seen = f"the main subject's keypoints span {span:.0f} px, under min_subject_height={self.config.min_subject_height}"
+            rows = np.nonzero(mask.any(1))[0] if mask is not None and mask.any() else np.zeros(1, int)
+            if _touches_edge(mask) and np.ptp(rows) + 1 >= self.config.min_subject_height:
+                return Rejected("subject_truncated", f"{seen}: the photo's edge cuts the main subject")
+            return Rejected("subject_too_small", f"{seen} ({num_people} people seen)")
         return FitTarget(keypoints=keypoints, mask=mask, width=image.width, height=image.height, num_people=num_people, world_keypoints=world)
 
     def __call__(self, items: Sequence[TrackInput]) -> list[TrackResult | Rejected]:

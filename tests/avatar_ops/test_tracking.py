@@ -327,8 +327,88 @@ def test_supplied_keypoints_follow_a_photo_downscaled_at_decode(anny_body):
     alpha = np.zeros((300, 200), np.uint8)
     alpha[50:250, 60:140] = 255
     kp = np.zeros((len(KEYPOINT_NAMES), 3), np.float32)
-    kp[:, 0], kp[:, 1], kp[:, 2] = 200.0, 300.0, 0.9  # the file's pixels: twice the decoded size
+    kp[:, 0], kp[:, 1], kp[:, 2] = 200.0, np.linspace(120.0, 480.0, len(KEYPOINT_NAMES)), 0.9  # the file's pixels: twice the decoded size
     operator = TrackingOperator(TrackingConfig(), anny_body, None)
     target = operator._prepare(TrackInput(DecodedImage(rgb=rgb, alpha=alpha, format="PNG", mode="RGBA", scale=0.5), [kp]))
-    np.testing.assert_array_equal(target.keypoints[:, :2], np.tile([100.0, 150.0], (len(KEYPOINT_NAMES), 1)))
+    np.testing.assert_array_equal(target.keypoints[:, :2], kp[:, :2] / 2)
     np.testing.assert_array_equal(target.keypoints[:, 2], kp[:, 2])  # confidences untouched
+
+
+def _cutouts(detector, samples_dir) -> dict[str, Image.Image]:
+    """Each sample's person as an RGBA cut-out (the detector's own mask), cropped to it."""
+    cuts = {}
+    for name in PHOTOS:
+        rgb = np.asarray(Image.open(samples_dir / name).convert("RGB"))
+        mask = detector.people(rgb)[0].mask
+        ys, xs = np.nonzero(mask)
+        rgba = np.dstack([rgb, mask.astype(np.uint8) * 255])
+        cuts[name] = Image.fromarray(rgba).crop((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+    return cuts
+
+
+def _busy_scene(width: int, height: int, seed: int) -> Image.Image:
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    scene = Image.fromarray(np.full((height, width, 3), 90, np.uint8))
+    draw = ImageDraw.Draw(scene)
+    for _ in range(400):
+        x, y, side = int(rng.integers(0, width)), int(rng.integers(0, height)), int(rng.integers(10, 80))
+        shape = draw.rectangle if rng.random() < 0.5 else draw.ellipse
+        shape([x, y, x + side, y + side], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    return scene
+
+
+def _paste(scene: Image.Image, cut: Image.Image, height: int, x: int, y: int, flip: bool = False) -> tuple[int, int, int, int]:
+    person = cut.resize((round(cut.width * height / cut.height), height))
+    if flip:
+        person = person.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    scene.paste(person, (x, y), person)
+    return x, y, x + person.width, y + height
+
+
+def test_a_crowd_is_counted_and_its_main_subject_tracked(tracker, samples_dir):
+    """The main subject pasted large over a busy background, five people small around it: the
+    whole photo's detector finds three; the window search finds the rest."""
+    cuts = _cutouts(tracker.detector, samples_dir)
+    scene = _busy_scene(1280, 800, seed=3)
+    dress, hoodie, elder = (cuts[n] for n in ("woman_dress_fullbody.jpg", "man_hoodie_masked.png", "elder_fruit_halfbody.jpg"))
+    for cut, height, x, y, flip in ((hoodie, 260, 40, 430, False), (elder, 170, 200, 500, True), (dress, 260, 1000, 420, True),
+                                    (hoodie, 260, 1150, 450, True), (elder, 170, 880, 560, False)):  # fmt: skip
+        _paste(scene, cut, height, x, y, flip)
+    x0, y0, x1, y1 = _paste(scene, dress, 700, 480, 60)
+    result = tracker([TrackInput(decode_image(_png(np.asarray(scene))))])[0]
+    assert isinstance(result, TrackResult), result
+    assert result.num_people == 6
+    visible = result.keypoints[:, 2] > 0.3
+    assert (result.keypoints[visible, 0] > x0).all() and (result.keypoints[visible, 0] < x1).all()  # the large person's
+    assert (result.keypoints[visible, 1] > y0).all() and (result.keypoints[visible, 1] < y1).all()
+    assert result.quality["reprojection_error_ratio"] <= 0.05, result.quality
+
+
+def test_people_too_small_to_fit_are_not_nobody(tracker, samples_dir):
+    """Three people a tenth of the photo tall, none large: found by the window search, and the
+    photo is rejected for its subject's size, never as a photo without a person."""
+    cuts = _cutouts(tracker.detector, samples_dir)
+    scene = _busy_scene(1024, 640, seed=5)
+    for i, name in enumerate(PHOTOS):
+        _paste(scene, cuts[name], 64, 120 + 320 * i, 300 + 60 * i)
+    image = decode_image(_png(np.asarray(scene)))
+    detection = tracker.detector(image.rgb)
+    assert detection is not None and detection.num_people == 3, detection
+    outcome = tracker([TrackInput(image)])[0]
+    assert isinstance(outcome, Rejected) and outcome.reason == "subject_too_small", outcome
+    assert "3 people seen" in outcome.detail
+
+
+def test_a_person_the_photo_cuts_is_truncated_not_nobody(tracker, samples_dir):
+    """The dress photo cut below the chin: a face, no body to fit, and the photo's edge through the
+    neck. The photo has a person in it, so it is never `no_person`."""
+    crop = Image.open(samples_dir / "woman_dress_fullbody.jpg").convert("RGB").crop((0, 0, 683, 260))
+    outcome = tracker([TrackInput(decode_image(_png(np.asarray(crop))))])[0]
+    assert isinstance(outcome, Rejected) and outcome.reason == "subject_truncated", outcome
+    assert "frame cuts" in outcome.detail or "edge cuts" in outcome.detail, outcome.detail
+    # The same photo's background alone (her cut out): nobody.
+    background = np.asarray(crop)[:, :330]
+    nobody = tracker([TrackInput(decode_image(_png(background)))])[0]
+    assert isinstance(nobody, Rejected) and nobody.reason == "no_person", nobody

@@ -172,6 +172,9 @@ def test_manifest_input_with_ids_and_bad_rows(local_ray, samples_dir, tmp_path):
     twins = [r for r in _read_manifest(str(out / "manifest" / "manifest.parquet")) if r["id"] == "twin"]
     assert [(r["status"], r["reason"]) for r in twins] == [("rejected", "duplicate_id")] * 2
     assert rows["subject-1"]["status"] == "ok" and (out / "avatars" / "subject-1" / "avatar.ply").exists()
+    listed = dict(rows["subject-1"]["files"])
+    assert listed["avatar.glb"] == str(out / "avatars" / "subject-1" / "avatar.glb") and (out / "avatars" / "subject-1" / "avatar.glb").read_bytes()[:4] == b"glTF"
+    assert Path(listed["viewer.html"]).read_bytes().startswith(b"<!doctype html>")
     quality = dict(rows["subject-1"]["quality"])
     assert quality["synthesis_refined"] == 1.0 and quality["fit_pseudo_labels"] == 4.0
     assert rows["subject-1"]["seconds"]["synthesize"] > 0
