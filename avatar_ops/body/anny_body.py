@@ -149,6 +149,15 @@ class AnnyBody(BodyModel):
                 corr[c] = corr[parent]
         return corr
 
+    def smplx_joint_bones(self) -> list[int]:
+        """Each SMPL-X joint's first Anny bone (bones are stored parents first), -1 where no bone
+        starts at it (the jaw: Anny's head is one bone)."""
+        bones = [-1] * len(SMPLX_JOINT_NAMES)
+        for c, j in enumerate(self.bone_to_joint.tolist()):
+            if bones[j] < 0 and (c == 0 or bool(self.bone_drives[c])):
+                bones[j] = c
+        return bones
+
     def smplx_skinning_weights(self) -> Tensor:
         weights = torch.zeros(self.num_vertices, len(SMPLX_JOINT_NAMES), dtype=self._skinning_weights.dtype, device=self.device)
         return weights.index_add_(1, self.bone_to_joint, self._skinning_weights)

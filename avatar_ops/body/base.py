@@ -43,6 +43,22 @@ KEYPOINT_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 NUM_KEYPOINTS = len(KEYPOINT_NAMES)
 
+# Hand landmarks, MediaPipe Hands' 21 in its order (wrist, then four per finger from the base to
+# the tip), and the SMPL-X joint at each (None: the fingertip, a surface point).
+FINGERS: tuple[str, ...] = ("thumb", "index", "middle", "ring", "pinky")
+HAND_LANDMARK_NAMES: tuple[str, ...] = ("wrist",) + tuple(
+    f"{finger}_{part}" for finger in FINGERS for part in (("cmc", "mcp", "ip", "tip") if finger == "thumb" else ("mcp", "pip", "dip", "tip"))
+)
+HAND_SIDES: tuple[str, ...] = ("left", "right")
+
+
+def hand_landmark_joint(side: str, landmark: int) -> str | None:
+    """The SMPL-X joint at hand landmark ``landmark`` of ``side`` (None for a fingertip)."""
+    if landmark == 0:
+        return f"{side}_wrist"
+    finger, part = divmod(landmark - 1, 4)
+    return None if part == 3 else f"{side}_{FINGERS[finger]}{part + 1}"
+
 
 @dataclasses.dataclass
 class BodyOutput:
@@ -117,6 +133,71 @@ class BodyModel(nn.Module, abc.ABC):
             raise NotImplementedError(f"{type(self).__name__} has its own skeleton and must map it onto the SMPL-X joints.")
         return self._skinning_weights
 
+    def smplx_joint_bones(self) -> list[int]:
+        """For each of the 55 SMPL-X joints, the index (in ``joint_names``) of the backend joint whose
+        head sits at it (its own skeleton's first bone driven by that joint), -1 if none."""
+        if tuple(self.joint_names) != SMPLX_JOINT_NAMES:
+            raise NotImplementedError(f"{type(self).__name__} has its own skeleton and must map it onto the SMPL-X joints.")
+        return list(range(len(SMPLX_JOINT_NAMES)))
+
+    def hand_regressor(self) -> tuple[Tensor, Tensor]:
+        """The hand landmarks (:data:`HAND_LANDMARK_NAMES`, both :data:`HAND_SIDES`) as fixed
+        averages of surface vertices, so a fit gets them from a few posed vertices (the body's
+        cheap ``keypoints_and_vertices`` path) instead of a whole forward pass.
+
+        A joint's landmark is an affine combination of the 12 rest-pose vertices nearest its head
+        among those its own bone or its parent's dominates (a ring around the finger): the one
+        nearest their inverse-distance weights that puts it exactly at the head in the rest pose.
+        A fingertip's is the vertex of the last bone furthest along it.
+
+        Returns:
+            ``vertex_index`` [N] and ``weights`` [2, 21, N] (rows summing to 1), computed once.
+        """
+        cached = getattr(self, "_hand_regressor", None)
+        if cached is not None:
+            return cached
+        with torch.no_grad():
+            bind = self.bind_pose(self.default_shape())
+            rest = bind.vertices.double()
+            heads = bind.joints[:, :3, 3].double()
+            bones = self.smplx_joint_bones()
+            dominant = self.smplx_skinning_weights().argmax(1)
+            columns: dict[int, int] = {}
+            entries: list[tuple[int, int, int, float]] = []  # side, landmark, vertex, weight
+            for s, side in enumerate(HAND_SIDES):
+                for landmark in range(len(HAND_LANDMARK_NAMES)):
+                    name = hand_landmark_joint(side, landmark)
+                    if name is not None:
+                        j = SMPLX_JOINT_NAMES.index(name)
+                        owners = torch.tensor([j, SMPLX_PARENTS[j]], device=dominant.device)
+                        candidates = torch.nonzero(torch.isin(dominant, owners))[:, 0].cpu()
+                        dist = (rest[candidates] - heads[bones[j]]).norm(dim=1)
+                        near = dist.argsort()[:12]
+                        weight = 1.0 / dist[near].clamp(min=1e-4)
+                        weight = _affine_through(rest[candidates[near]], heads[bones[j]], weight / weight.sum())
+                        picked = [(int(candidates[n]), float(w)) for n, w in zip(near, weight)]
+                    else:
+                        last = SMPLX_JOINT_NAMES.index(hand_landmark_joint(side, landmark - 1))
+                        mid = SMPLX_JOINT_NAMES.index(hand_landmark_joint(side, landmark - 2))
+                        along = heads[bones[last]] - heads[bones[mid]]
+                        candidates = torch.nonzero(dominant == last)[:, 0].cpu()
+                        reach = (rest[candidates] - heads[bones[last]]) @ along
+                        picked = [(int(candidates[reach.argmax()]), 1.0)]
+                    entries += [(s, landmark, v, w) for v, w in picked]
+                    for v, _ in picked:
+                        columns.setdefault(v, len(columns))
+            weights = torch.zeros(2, len(HAND_LANDMARK_NAMES), len(columns), dtype=rest.dtype)
+            for s, landmark, v, w in entries:
+                weights[s, landmark, columns[v]] += w
+        vertex_index = torch.tensor(list(columns), device=self.device)
+        self._hand_regressor = (vertex_index, weights.to(device=self.device, dtype=bind.vertices.dtype))
+        return self._hand_regressor
+
+    def hand_landmarks(self, vertices: Tensor) -> Tensor:
+        """[B, 2, 21, 3] hand landmarks from [B, N, 3] posed vertices ``hand_regressor()[0]``."""
+        _, weights = self.hand_regressor()
+        return torch.einsum("shn,bnc->bshc", weights.to(vertices.dtype), vertices)
+
     @abc.abstractmethod
     def bind_pose(self, shape: Tensor) -> BindPose:
         """The rest pose of the body of [S] ``shape`` (see :class:`BindPose`)."""
@@ -172,6 +253,14 @@ class BodyModel(nn.Module, abc.ABC):
             raise ValueError(f"`pose` and `shape` batch sizes differ: {pose.shape[0]} vs {shape.shape[0]}.")
         if transl is not None and tuple(transl.shape) != (shape.shape[0], 3):
             raise ValueError(f"`transl` must be [B, 3] = [{shape.shape[0]}, 3], got {tuple(transl.shape)}.")
+
+
+def _affine_through(points: Tensor, target: Tensor, prior: Tensor) -> Tensor:
+    """[N] weights summing to 1 with ``weights @ points == target`` ([N, 3] points), the nearest to
+    ``prior`` (least squares; for points on one plane or line, the nearest such combination)."""
+    a = torch.cat([points.T, torch.ones(1, len(points), dtype=points.dtype)])  # [4, N]
+    b = torch.cat([target, torch.ones(1, dtype=points.dtype)])
+    return prior + torch.linalg.pinv(a) @ (b - a @ prior)
 
 
 def zero_pose(batch_size: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:

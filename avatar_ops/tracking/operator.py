@@ -10,12 +10,13 @@ import torch
 from pydantic import Field
 
 from avatar_ops.body import BodyModel, BodyModelConfig, build_body_model, resolve_device
-from avatar_ops.body.base import KEYPOINT_NAMES, BodyOperator
+from avatar_ops.body.base import HAND_LANDMARK_NAMES, KEYPOINT_NAMES, BodyOperator
 from avatar_ops.io.image import DecodedImage
 from avatar_ops.render.camera import project
 from avatar_ops.render.mesh import rasterize_silhouette
 from avatar_ops.tracking.detector import DetectorConfig, MediaPipeDetector
 from avatar_ops.tracking.facing import facing_angle_deg, facing_of
+from avatar_ops.tracking.hands import HandConfig, HandDetector, fit_hands
 from avatar_ops.tracking.keypoints import main_subject
 from avatar_ops.tracking.overlay import mask_iou, resize_mask
 from avatar_ops.tracking.smplify import BodyFitConfig, FitTarget, fit_bodies
@@ -28,6 +29,7 @@ class TrackingConfig(FrozenConfig):
     body: BodyModelConfig = Field(default_factory=BodyModelConfig, description="The parametric body to fit.")
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description="The bundled person detector.")
     fit: BodyFitConfig = Field(default_factory=BodyFitConfig, description="Fit weights and schedule.")
+    hands: HandConfig = Field(default_factory=HandConfig, description="Hand landmarks on crops around the wrists, and the SMPL-X hand pose fitted to them.")
     device: str = Field("auto", description="`auto` (CUDA when available), `cpu` or `cuda[:N]`.")
     min_keypoints: int = Field(6, ge=3, description="Fewer confident keypoints than this rejects the photo (`subject_truncated` when the photo's edge cuts the person, else `too_few_keypoints`).")
     min_subject_height: int = Field(96, ge=1, description="A main subject whose confident keypoints span fewer pixels than this is rejected as `subject_too_small`.")
@@ -63,7 +65,11 @@ class TrackResult:
         mask: [H, W] bool person mask.
         num_people: people seen in the photo.
         quality: ``reprojection_error_px``, ``reprojection_error_ratio`` (of the box height),
-            ``mask_iou``, ``visible_keypoints`` and ``facing_angle_deg`` (see :attr:`facing`).
+            ``mask_iou``, ``visible_keypoints``, ``facing_angle_deg`` (see :attr:`facing`) and
+            ``hands_tracked``.
+        hands: per side (``left``, ``right``) seen by the hand detector: ``tracked`` (the fit
+            followed it), ``reprojection_error_px``, ``keypoints`` [21, 3] (x, y, confidence) and
+            ``projected`` [21, 2] (the fitted hand's landmarks), MediaPipe's landmark order.
     """
 
     body_model: str
@@ -78,6 +84,7 @@ class TrackResult:
     mask: np.ndarray
     num_people: int
     quality: dict[str, float]
+    hands: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     @property
     def facing_angle_deg(self) -> float:
@@ -102,6 +109,8 @@ class TrackResult:
             "projected_keypoints": self.projected_keypoints.tolist(),
             "num_people": self.num_people,
             "quality": self.quality,
+            "hand_landmark_names": list(HAND_LANDMARK_NAMES),
+            "hands": {side: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in hand.items()} for side, hand in self.hands.items()},
         }
 
     @classmethod
@@ -113,7 +122,24 @@ class TrackResult:
             intrinsics=np.asarray(data["camera"]["intrinsics"], dtype=np.float32), width=int(data["camera"]["width"]),
             height=int(data["camera"]["height"]), keypoints=f32("keypoints"), projected_keypoints=f32("projected_keypoints"),
             mask=np.asarray(mask, dtype=bool), num_people=int(data["num_people"]), quality=dict(data["quality"]),
+            hands={
+                side: {k: (np.asarray(v, dtype=np.float32) if k in ("keypoints", "projected") else v) for k, v in hand.items()}
+                for side, hand in data.get("hands", {}).items()
+            },
         )  # fmt: skip
+
+
+def _hand_record(seen: dict | None, fitted) -> dict[str, dict]:
+    """TrackResult.hands from the detector's observations and the hand fit."""
+    if not seen or fitted is None:
+        return {}
+    return {
+        side: {
+            "tracked": fitted.tracked[side], "reprojection_error_px": round(fitted.error_px[side], 3),
+            "keypoints": observation.keypoints, "projected": fitted.projected[side],
+        }
+        for side, observation in seen.items()
+    }  # fmt: skip
 
 
 def _touches_edge(mask: np.ndarray | None) -> bool:
@@ -126,9 +152,10 @@ class TrackingOperator(BodyOperator):
 
     config_class = TrackingConfig
 
-    def __init__(self, config: TrackingConfig, body: BodyModel, detector: MediaPipeDetector | None) -> None:
+    def __init__(self, config: TrackingConfig, body: BodyModel, detector: MediaPipeDetector | None, hand_detector: HandDetector | None = None) -> None:
         super().__init__(config, body)
         self.detector = detector
+        self.hand_detector = hand_detector
 
     @classmethod
     def from_config(cls, config: TrackingConfig | None = None, *, body: BodyModel | None = None) -> TrackingOperator:
@@ -136,7 +163,7 @@ class TrackingOperator(BodyOperator):
         once (per actor or replica)."""
         config = config or TrackingConfig()
         body = build_body_model(config.body, resolve_device(config.device)) if body is None else body
-        return cls(config, body, MediaPipeDetector(config.detector))
+        return cls(config, body, MediaPipeDetector(config.detector), HandDetector(config.hands) if config.hands.enabled else None)
 
     def _prepare(self, item: TrackInput) -> FitTarget | Rejected:
         image = item.image
@@ -182,7 +209,8 @@ class TrackingOperator(BodyOperator):
             if _touches_edge(mask) and np.ptp(rows) + 1 >= self.config.min_subject_height:
                 return Rejected("subject_truncated", f"{seen}: the photo's edge cuts the main subject")
             return Rejected("subject_too_small", f"{seen} ({num_people} people seen)")
-        return FitTarget(keypoints=keypoints, mask=mask, width=image.width, height=image.height, num_people=num_people, world_keypoints=world)
+        hands = self.hand_detector(image.rgb, keypoints) if self.hand_detector is not None else None
+        return FitTarget(keypoints=keypoints, mask=mask, width=image.width, height=image.height, num_people=num_people, world_keypoints=world, hands=hands)
 
     def __call__(self, items: Sequence[TrackInput]) -> list[TrackResult | Rejected]:
         prepared = [self._prepare(item) for item in items]
@@ -192,6 +220,10 @@ class TrackingOperator(BodyOperator):
             return results
         targets = [prepared[i] for i in todo]
         fit = fit_bodies(self.body, targets, self.config.fit)
+        hand_fits = [None] * len(targets)
+        if any(t.hands for t in targets):
+            hand_fits = fit_hands(self.body, fit.shape, fit.pose, fit.transl, fit.intrinsics, [t.hands or {} for t in targets], self.config.hands)
+            fit.pose = torch.from_numpy(np.stack([h.pose for h in hand_fits])).to(fit.pose.dtype)
         with torch.no_grad():
             out = self.body(fit.shape.to(self.body.device), fit.pose.to(self.body.device), fit.transl.to(self.body.device))
             uv_all = project(out.vertices, fit.intrinsics.to(self.body.device)).cpu().numpy()
@@ -209,9 +241,10 @@ class TrackingOperator(BodyOperator):
                 intrinsics=fit.intrinsics[b].numpy(), width=target.width, height=target.height, keypoints=target.keypoints,
                 projected_keypoints=fit.projected_keypoints[b].numpy(),
                 mask=target.mask if target.mask is not None else np.zeros((target.height, target.width), bool),
-                num_people=target.num_people, quality=quality,
+                num_people=target.num_people, quality=quality, hands=_hand_record(target.hands, hand_fits[b]),
             )  # fmt: skip
             quality["facing_angle_deg"] = results[i].facing_angle_deg
+            quality["hands_tracked"] = float(sum(h["tracked"] for h in results[i].hands.values()))
         return results
 
     def _quality(self, target: FitTarget, projected: np.ndarray, uv: np.ndarray, faces: np.ndarray) -> dict[str, float]:

@@ -7,6 +7,7 @@ from PIL import Image, ImageDraw
 
 from avatar_ops.body.base import KEYPOINT_NAMES
 from avatar_ops.render.mesh import rasterize_silhouette
+from avatar_ops.tracking.hands import SEGMENTS as HAND_SEGMENTS
 
 _SKELETON = [
     ("left_shoulder", "right_shoulder"), ("left_shoulder", "left_elbow"), ("left_elbow", "left_wrist"),
@@ -30,10 +31,13 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def draw_overlay(
-    rgb: np.ndarray, uv: np.ndarray, faces: np.ndarray, keypoints: np.ndarray, projected: np.ndarray, min_confidence: float = 0.3, label: str | None = None
+    rgb: np.ndarray, uv: np.ndarray, faces: np.ndarray, keypoints: np.ndarray, projected: np.ndarray, min_confidence: float = 0.3, label: str | None = None,
+    hands: dict[str, dict] | None = None,
 ) -> Image.Image:
     """The photo with the fitted mesh (translucent), detected keypoints (green), the body's
-    projected keypoints (red) and ``label`` (e.g. which way the person faces) in the top left."""
+    projected keypoints (red), each tracked hand's landmarks (yellow, detected) and fitted
+    landmarks (magenta; ``TrackResult.hands``) and ``label`` (e.g. which way the person faces)
+    in the top left."""
     h, w = rgb.shape[:2]
     base = Image.fromarray(rgb).convert("RGBA")
     layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
@@ -58,6 +62,16 @@ def draw_overlay(
             draw.ellipse([x - r, y - r, x + r, y + r], fill=(0, 220, 0, 255))
         x, y = projected[k]
         draw.ellipse([x - r, y - r, x + r, y + r], outline=(255, 40, 40, 255))
+    small = max(1, r // 2)
+    for hand in (hands or {}).values():
+        for points, colour in ((hand["keypoints"], (255, 220, 0, 255)), (hand.get("projected"), (255, 0, 255, 255))):
+            if points is None:
+                continue
+            points = np.asarray(points)
+            for a, b in HAND_SEGMENTS:
+                draw.line([tuple(points[a, :2]), tuple(points[b, :2])], fill=colour, width=1)
+            for x, y in points[:, :2]:
+                draw.ellipse([x - small, y - small, x + small, y + small], fill=colour)
     if label:
         box = draw.textbbox((r, r), label)
         draw.rectangle([box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2], fill=(0, 0, 0, 255))

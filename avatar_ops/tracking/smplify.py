@@ -93,6 +93,7 @@ class FitTarget:
     height: int
     num_people: int = 1
     world_keypoints: np.ndarray | None = None
+    hands: dict | None = None  # side -> HandObservation (avatar_ops.tracking.hands); not used by the body fit
 
 
 @dataclasses.dataclass
