@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,27 @@ os.environ.setdefault("ANNY_CACHE_DIR", str(Path.home() / ".cache" / "anny"))
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config) -> None:
+    """Leave with pytest's own exit status once the run is reported, skipping the interpreter's
+    teardown of native objects (MediaPipe graphs, torch and warp thread pools, Playwright's
+    driver). Once in a while one of them crashed there (SIGSEGV, exit 139) after every test had
+    passed and the summary was printed; nothing of ours runs in that teardown (fixtures have
+    stopped every server and Ray they started), so the status a run reports is its tests' own."""
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
 
 
 @pytest.fixture(scope="session")

@@ -123,11 +123,17 @@ class HandDetector:
             if best is not None:
                 claims.append((best[0], side, best[1]))
         found: dict[str, HandObservation] = {}
-        for distance, side, observation in sorted(claims, key=lambda c: c[0]):
-            same = [s for s, o in found.items() if np.linalg.norm(o.keypoints[0, :2] - observation.keypoints[0, :2]) < 1e-3]
-            if not same:  # one hand claimed by both sides goes to the nearer wrist
+        for _, side, observation in sorted(claims, key=lambda c: c[0]):
+            # One hand seen from both wrists' crops (hands together) goes to the nearer wrist: the
+            # same hand if the wrists lie within a third of a hand (wrist to middle knuckle) apart.
+            if not any(_same_hand(o.keypoints, observation.keypoints) for o in found.values()):
                 found[side] = observation
         return found
+
+
+def _same_hand(a: np.ndarray, b: np.ndarray) -> bool:
+    size = max(float(np.linalg.norm(a[_MIDDLE_MCP, :2] - a[0, :2])), 1.0)
+    return float(np.linalg.norm(a[0, :2] - b[0, :2])) < size / 3
 
 
 def hinge_penalty(pose: torch.Tensor, max_hyperextension: float) -> torch.Tensor:
