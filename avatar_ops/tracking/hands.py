@@ -7,9 +7,11 @@ hand) to its 21 landmarks.
   fills the crop as the palm detector expects, whatever the photo's size. Of the hands found in a
   crop, the one whose wrist lies nearest the body's wrist is that side's, if it lies within half
   the crop; a hand claimed by both sides goes to the nearer.
-* **Fit.** With the body fixed, Adam over each tracked hand's wrist and finger rotations (SMPL-X
-  axis-angle, world-aligned T-pose axes): the landmarks' reprojection error in units of the hand's
-  size in the photo (wrist to middle knuckle), the direction of each finger segment against
+* **Fit.** With the body fixed but for the arm of a seen hand, Adam over each tracked hand's wrist
+  and finger rotations (SMPL-X axis-angle, world-aligned T-pose axes), and its shoulder and elbow
+  (held near the body fit, and to the detected elbow and wrist keypoints, so a hand can reach where
+  it was seen when the body fit's wrist fell short): the landmarks' reprojection error in units of
+  the hand's size in the photo (wrist to middle knuckle), the direction of each finger segment against
   MediaPipe's metric hand landmarks (which tell a finger bent towards the camera from one bent
   away), and a hand prior: a weak pull to the flat hand, hinge joints (the middle and end joints of
   the four fingers bend one way, about the axis across the palm, with at most
@@ -36,6 +38,10 @@ HAND_POSE_JOINTS = {
     side: [SMPLX_JOINT_NAMES.index(f"{side}_wrist")] + [SMPLX_JOINT_NAMES.index(f"{side}_{finger}{k}") for finger in FINGERS for k in (1, 2, 3)]
     for side in HAND_SIDES
 }
+#: Each side's arm joints the hand fit may also turn (from the body fit's pose, held near it), so
+#: that the hand reaches the wrist MediaPipe Hands found where the body fit's wrist fell short.
+ARM_JOINTS = {side: [SMPLX_JOINT_NAMES.index(f"{side}_shoulder"), SMPLX_JOINT_NAMES.index(f"{side}_elbow")] for side in HAND_SIDES}
+_ARM_KEYPOINTS = {side: [KEYPOINT_NAMES.index(f"{side}_elbow"), KEYPOINT_NAMES.index(f"{side}_wrist")] for side in HAND_SIDES}
 #: Finger segments between consecutive landmarks (parent, child), 20 per hand.
 SEGMENTS = [(0 if k == 0 else 1 + 4 * f + k - 1, 1 + 4 * f + k) for f in range(5) for k in range(4)]
 _MIDDLE_MCP = HAND_LANDMARK_NAMES.index("middle_mcp")
@@ -49,13 +55,15 @@ class HandConfig(FrozenConfig):
     min_wrist_confidence: float = Field(0.5, ge=0, le=1, description="A wrist keypoint below this confidence gets no crop.")
     crop_scale: float = Field(1.0, gt=0, le=4, description="Half the crop's side, in forearm lengths.")
     min_crop: int = Field(48, ge=16, description="Smallest half side of a crop in pixels.")
-    iters: int = Field(40, ge=0, le=1000, description="Adam steps of the hand fit.")
+    iters: int = Field(60, ge=0, le=1000, description="Adam steps of the hand fit.")
     lr: float = Field(0.08, gt=0, description="Adam step size (radians).")
     direction_weight: float = Field(0.05, ge=0, description="Weight of the finger segments' metric directions.")
     prior_weight: float = Field(0.002, ge=0, description="Weight of the pull to the flat hand.")
     hinge_weight: float = Field(1.0, ge=0, description="Weight of the hinge and no-twist limits.")
     max_hyperextension: float = Field(0.2, ge=0, description="Radians a finger joint may bend backwards before the hinge term acts.")
     max_error: float = Field(0.35, gt=0, description="Mean landmark error, in hand sizes, above which a hand counts as not tracked.")
+    fit_arms: bool = Field(True, description="Also turn the shoulder and elbow of a seen hand (held near the body fit and to the detected elbow and wrist), so the hand can reach where it was seen.")
+    arm_prior_weight: float = Field(0.1, ge=0, description="Weight holding the shoulder and elbow near the body fit's pose (per squared radian).")
 
 
 @dataclasses.dataclass
@@ -165,7 +173,7 @@ class HandFit:
 
 def fit_hands(
     body: BodyModel, shape: torch.Tensor, pose: torch.Tensor, transl: torch.Tensor, intrinsics: torch.Tensor,
-    observations: list[dict[str, HandObservation]], config: HandConfig | None = None,
+    observations: list[dict[str, HandObservation]], config: HandConfig | None = None, body_keypoints: torch.Tensor | None = None,
 ) -> list[HandFit]:
     """Fit the hands of B photos at once, their bodies fixed.
 
@@ -175,6 +183,8 @@ def fit_hands(
             (camera frame).
         observations: per photo, the hands seen (:class:`HandDetector`).
         config: the fit's settings.
+        body_keypoints: [B, K, 3] the detected body keypoints (x, y, confidence), for the elbows and
+            wrists when the arms are fitted too (``config.fit_arms``); None: the arms stay.
     """
     config = config or HandConfig()
     device = body.device
@@ -188,7 +198,11 @@ def fit_hands(
                 world[b, s] = torch.from_numpy(seen[side].world).to(device)
     present = target[..., 2].amax(-1) > 0  # [B, 2]
     size = (target[:, :, _MIDDLE_MCP, :2] - target[:, :, 0, :2]).norm(dim=-1).clamp(min=4.0)  # [B, 2] pixels
-    joints = torch.tensor([HAND_POSE_JOINTS[s] for s in HAND_SIDES], device=device)  # [2, 16]
+    arms = config.fit_arms and body_keypoints is not None
+    joints = torch.tensor([(ARM_JOINTS[s] if arms else []) + HAND_POSE_JOINTS[s] for s in HAND_SIDES], device=device)  # [2, 16 or 18]
+    first_hand = 2 if arms else 0
+    if arms:
+        arm_target = torch.stack([body_keypoints[:, _ARM_KEYPOINTS[s]] for s in HAND_SIDES], 1).to(device=device, dtype=target.dtype)  # [B, 2, 2, 3]
     base = pose.to(device).clone()
     delta = torch.zeros(batch, 2, joints.shape[1], 3, device=device, requires_grad=True)
     vertex_index, _ = body.hand_regressor()
@@ -203,18 +217,18 @@ def fit_hands(
             full[:, joints[s]] = base[:, joints[s]] + mask[:, s] * d[:, s]
         return full
 
-    def evaluate(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         full = posed(d)
-        _, vertices = body.keypoints_and_vertices(shape.to(device), full, transl.to(device), vertex_index)
+        keypoints, vertices = body.keypoints_and_vertices(shape.to(device), full, transl.to(device), vertex_index)
         landmarks = body.hand_landmarks(vertices)  # [B, 2, 21, 3]
         uv = project(landmarks.reshape(batch, -1, 3), intrinsics.to(device)).reshape(batch, 2, -1, 2)
-        return full, landmarks, uv
+        return full, landmarks, uv, project(keypoints, intrinsics.to(device))
 
     if config.iters and bool(present.any()):
         optimiser = torch.optim.Adam([delta], lr=config.lr)
         for _ in range(config.iters):
             optimiser.zero_grad()
-            full, landmarks, uv = evaluate(delta)
+            full, landmarks, uv, keypoints_uv = evaluate(delta)
             conf = target[..., 2]
             residual = ((uv - target[..., :2]).norm(dim=-1) / size[..., None]) ** 2
             reprojection = (conf * residual).sum(-1) / conf.sum(-1).clamp(min=1e-6)  # [B, 2]
@@ -222,13 +236,17 @@ def fit_hands(
             cosine = torch.nn.functional.cosine_similarity(fitted, metric, dim=-1)
             direction = ((1 - cosine) * metric_ok).sum(-1) / metric_ok.sum(-1).clamp(min=1)
             finger_pose = full[:, 25:]
-            loss = (
-                (reprojection + config.direction_weight * direction) * present
-            ).sum() + config.prior_weight * (finger_pose**2).sum() + config.hinge_weight * hinge_penalty(full, config.max_hyperextension).sum()
+            per_hand = reprojection + config.direction_weight * direction
+            if arms:
+                fitted_arm = torch.stack([keypoints_uv[:, _ARM_KEYPOINTS[s]] for s in HAND_SIDES], 1)  # [B, 2, 2, 2]
+                arm_residual = ((fitted_arm - arm_target[..., :2]).norm(dim=-1) / size[..., None]) ** 2
+                per_hand = per_hand + (arm_target[..., 2] * arm_residual).sum(-1) / arm_target[..., 2].sum(-1).clamp(min=1e-6)
+                per_hand = per_hand + config.arm_prior_weight * (delta[:, :, :first_hand] ** 2).sum((-1, -2))
+            loss = (per_hand * present).sum() + config.prior_weight * (finger_pose**2).sum() + config.hinge_weight * hinge_penalty(full, config.max_hyperextension).sum()
             loss.backward()
             optimiser.step()
     with torch.no_grad():
-        full, _, uv = evaluate(delta)
+        full, _, uv, _ = evaluate(delta)
         error = (uv - target[..., :2]).norm(dim=-1).mean(-1)  # [B, 2] pixels
         tracked = present & (error / size <= config.max_error)
         # A hand the fit could not follow keeps the body fit's pose.

@@ -222,8 +222,12 @@ class TrackingOperator(BodyOperator):
         fit = fit_bodies(self.body, targets, self.config.fit)
         hand_fits = [None] * len(targets)
         if any(t.hands for t in targets):
-            hand_fits = fit_hands(self.body, fit.shape, fit.pose, fit.transl, fit.intrinsics, [t.hands or {} for t in targets], self.config.hands)
+            detected = torch.from_numpy(np.stack([t.keypoints for t in targets]).astype(np.float32))
+            hand_fits = fit_hands(self.body, fit.shape, fit.pose, fit.transl, fit.intrinsics, [t.hands or {} for t in targets], self.config.hands, detected)
             fit.pose = torch.from_numpy(np.stack([h.pose for h in hand_fits])).to(fit.pose.dtype)
+            with torch.no_grad():  # the arms may have moved with the hands
+                moved = self.body(fit.shape.to(self.body.device), fit.pose.to(self.body.device), fit.transl.to(self.body.device))
+                fit.projected_keypoints = project(moved.keypoints, fit.intrinsics.to(self.body.device)).cpu()
         with torch.no_grad():
             out = self.body(fit.shape.to(self.body.device), fit.pose.to(self.body.device), fit.transl.to(self.body.device))
             uv_all = project(out.vertices, fit.intrinsics.to(self.body.device)).cpu().numpy()
