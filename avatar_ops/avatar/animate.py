@@ -33,15 +33,19 @@ def turntable(avatar: GaussianAvatar, body: BodyModel, n_views: int = 24, size: 
     return render_frames(avatar, body, pose, torch.zeros(1, 3), cams, background), cams
 
 
+def played_motion(avatar: GaussianAvatar, motion: Motion, max_frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``max_frames`` (all when None) of ``motion`` as the avatar plays it: [T, 55, 3]
+    poses whose hands keep the photo's pose (clips carry none), and [T, 3] translations from the
+    first frame's, on the clip's device."""
+    pose, transl = motion.pose[:max_frames].clone(), motion.transl[:max_frames]
+    pose[:, 25:] = avatar.source_pose[25:].to(pose.device)
+    return pose, transl - transl[:1]
+
+
 def animate(avatar: GaussianAvatar, body: BodyModel, motion: Motion, size: int = 256, distance: float = 3.2, max_frames: int | None = None, background=None) -> np.ndarray:
     """[T, size, size, 3] uint8 frames of the avatar following ``motion`` (camera fixed in front)."""
-    pose, transl = motion.pose, motion.transl
-    if max_frames is not None:
-        pose, transl = pose[:max_frames], transl[:max_frames]
-    pose = pose.clone()
-    pose[:, 25:] = avatar.source_pose[25:]  # hands keep the photo's pose where the clip has none
-    pose = pose.to(avatar.shape.device)
-    transl = (transl - transl[:1]).to(avatar.shape.device)
+    pose, transl = played_motion(avatar, motion, max_frames)
+    pose, transl = pose.to(avatar.shape.device), transl.to(avatar.shape.device)
     target = _centre(avatar, body, pose)
     cams = orbit_cameras(1, target, distance, 5.0, size)
     cams = Cameras(cams.viewmats.expand(len(pose), 4, 4).clone(), cams.Ks.expand(len(pose), 3, 3).clone(), size, size)

@@ -36,10 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avatar_ops.avatar.animate import played_motion
 from avatar_ops.avatar.model import GaussianAvatar
 from avatar_ops.body.base import BindPose, BodyModel, zero_pose
 from avatar_ops.body.rotations import matrix_to_quaternion
-from avatar_ops.motion import Motion, load_motion
+from avatar_ops.motion import load_motion
 from avatar_ops.render.mesh import rasterize_triangles
 
 #: Influences per ``JOINTS_n``/``WEIGHTS_n`` set (glTF's VEC4).
@@ -90,7 +91,7 @@ def avatar_glb(
         rest_locals = joint_locals(body, avatar.shape, bind, zero_pose(1, device=body.device), torch.zeros(1, 3, device=body.device))
         animations = []
         for name, motion in zip(names, motions):
-            pose, transl = clip_pose(avatar, motion, max_frames)
+            pose, transl = played_motion(avatar, motion, max_frames)
             translation, rotation = joint_locals(body, avatar.shape, bind, pose.to(body.device), transl.to(body.device))
             times = np.arange(len(pose), dtype=np.float32) / np.float32(motion.fps)
             animations.append((name, times, translation, rotation))
@@ -105,15 +106,6 @@ def clip_name(clip: str | bytes | Path, index: int) -> str:
     if isinstance(clip, bytes):
         return f"clip{index}"
     return Path(clip).stem if str(clip).endswith(".npz") else str(clip)
-
-
-def clip_pose(avatar: GaussianAvatar, motion: Motion, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[T, 55, 3] poses and [T, 3] translations (from the first frame's) of a clip as the avatar plays it:
-    the hands keep the photo's pose, as in :func:`avatar_ops.avatar.animate.animate`."""
-    pose = motion.pose[:max_frames].clone()
-    pose[:, 25:] = avatar.source_pose[25:].cpu()
-    transl = motion.transl[:max_frames]
-    return pose, transl - transl[:1]
 
 
 def joint_locals(body: BodyModel, shape: torch.Tensor, bind: BindPose, pose: torch.Tensor, transl: torch.Tensor, chunk: int = 32) -> tuple[np.ndarray, np.ndarray]:

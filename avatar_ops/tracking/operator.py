@@ -225,12 +225,11 @@ class TrackingOperator(BodyOperator):
             detected = torch.from_numpy(np.stack([t.keypoints for t in targets]).astype(np.float32))
             hand_fits = fit_hands(self.body, fit.shape, fit.pose, fit.transl, fit.intrinsics, [t.hands or {} for t in targets], self.config.hands, detected)
             fit.pose = torch.from_numpy(np.stack([h.pose for h in hand_fits])).to(fit.pose.dtype)
-            with torch.no_grad():  # the arms may have moved with the hands
-                moved = self.body(fit.shape.to(self.body.device), fit.pose.to(self.body.device), fit.transl.to(self.body.device))
-                fit.projected_keypoints = project(moved.keypoints, fit.intrinsics.to(self.body.device)).cpu()
         with torch.no_grad():
             out = self.body(fit.shape.to(self.body.device), fit.pose.to(self.body.device), fit.transl.to(self.body.device))
             uv_all = project(out.vertices, fit.intrinsics.to(self.body.device)).cpu().numpy()
+            if any(h is not None for h in hand_fits):  # the arms may have moved with the hands
+                fit.projected_keypoints = project(out.keypoints, fit.intrinsics.to(self.body.device)).cpu()
         faces = self.body.faces.cpu().numpy()
         for b, (i, target) in enumerate(zip(todo, targets)):
             quality = self._quality(target, fit.projected_keypoints[b].numpy(), uv_all[b], faces)

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from pygltflib import GLTF2
 
-from avatar_ops.avatar.gltf import avatar_glb, clip_pose
+from avatar_ops.avatar.animate import played_motion
+from avatar_ops.avatar.gltf import avatar_glb
 from avatar_ops.body.parts import Part, body_parts
 from avatar_ops.motion import load_motion
 from tests.avatar_ops.test_splat_files import tiny_avatar
@@ -162,7 +163,7 @@ def test_nodes_hold_the_t_pose(gltf, body, avatar):
 @pytest.mark.parametrize("clip,frame", [("walk", 17), ("wave", 9)])
 def test_clip_frame_poses_the_mesh_as_the_body_model(gltf, body, avatar, clip, frame):
     order = mesh_vertex_order(gltf, body)
-    pose, transl = clip_pose(avatar, load_motion(clip), CLIP_FRAMES)
+    pose, transl = played_motion(avatar, load_motion(clip), CLIP_FRAMES)
     with torch.no_grad():
         expected = body(avatar.shape[None], pose[frame : frame + 1], transl[frame : frame + 1]).vertices[0].numpy()[order]
     moved = np.linalg.norm(expected - body(avatar.shape[None], torch.zeros(1, 55, 3)).vertices[0].numpy()[order], axis=1)

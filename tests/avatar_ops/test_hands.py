@@ -45,6 +45,26 @@ def curled_pose(seed: int) -> torch.Tensor:
     return pose
 
 
+#: The synthetic photo: 1024 x 1536 pixels, the body 1.6 m in front of the camera.
+WIDTH, HEIGHT = 1024, 1536
+CAMERA = torch.from_numpy(intrinsics_for(WIDTH, HEIGHT, 1.2))[None].float()
+TRANSL = torch.tensor([[0.0, 0.3, 1.6]])
+
+
+def seen_by_mediapipe(body, pose: torch.Tensor, depth_scale: float) -> tuple[torch.Tensor, dict[str, HandObservation]]:
+    """The true [2, 21, 3] landmarks of ``pose`` in the synthetic photo, and both hands as MediaPipe
+    reports them: the landmarks in the image, and metric ones about the hand's centre with their
+    depth scaled by ``depth_scale`` (a detector sees hands flatter than they are)."""
+    truth = landmarks(body, pose, TRANSL)[0]
+    uv = project(truth.reshape(1, -1, 3), CAMERA).reshape(2, -1, 2)
+    seen = {}
+    for s, side in enumerate(HAND_SIDES):
+        world = (truth[s] - truth[s].mean(0)).numpy() * np.array([1.0, 1.0, depth_scale])
+        keypoints = np.concatenate([uv[s].numpy(), np.ones((len(uv[s]), 1))], 1)
+        seen[side] = HandObservation(keypoints.astype(np.float32), world.astype(np.float32), (0, 0, WIDTH, HEIGHT))
+    return truth, seen
+
+
 def test_landmarks_sit_on_the_joints(body):
     """Each joint's landmark is its joint head exactly in the rest pose, and within a few millimetres
     (the finger's skin stretching) when the hand moves; the fingertip is the finger's far end."""
@@ -90,23 +110,14 @@ def test_the_fit_recovers_curled_fingers(anny_body, seed):
     hand finds the fingers within the issue's 1.5 cm (after a per-hand similarity alignment)."""
     body = anny_body
     pose = curled_pose(seed)
-    transl = torch.tensor([[0.0, 0.3, 1.6]])
-    width, height = 1024, 1536
-    k = torch.from_numpy(intrinsics_for(width, height, 1.2))[None].float()
-    truth = landmarks(body, pose, transl)[0]
-    uv = project(truth.reshape(1, -1, 3), k).reshape(2, -1, 2)
-    seen = {}
-    for s, side in enumerate(HAND_SIDES):
-        world = (truth[s] - truth[s].mean(0)).numpy() * np.array([1.0, 1.0, 0.5])
-        keypoints = np.concatenate([uv[s].numpy(), np.ones((len(uv[s]), 1))], 1)
-        seen[side] = HandObservation(keypoints.astype(np.float32), world.astype(np.float32), (0, 0, width, height))
+    truth, seen = seen_by_mediapipe(body, pose, depth_scale=0.5)
     start = pose.clone()
     for side in HAND_SIDES:
         start[0, HAND_POSE_JOINTS[side]] = 0.0
-    fit = fit_hands(body, body.default_shape()[None], start, transl, k, [seen], HandConfig())[0]
+    fit = fit_hands(body, body.default_shape()[None], start, TRANSL, CAMERA, [seen], HandConfig())[0]
     assert fit.tracked == {"left": True, "right": True}
-    fitted = landmarks(body, torch.from_numpy(fit.pose)[None], transl)[0]
-    before = landmarks(body, start, transl)[0]
+    fitted = landmarks(body, torch.from_numpy(fit.pose)[None], TRANSL)[0]
+    before = landmarks(body, start, TRANSL)[0]
     for s in range(2):
         pa_fit = _pa_error(fitted[s, 1:].numpy(), truth[s, 1:].numpy())
         pa_flat = _pa_error(before[s, 1:].numpy(), truth[s, 1:].numpy())
@@ -166,25 +177,17 @@ def test_the_arm_follows_a_hand_the_body_fit_fell_short_of(anny_body):
     turning the shoulder and elbow too (held to the detected elbow and wrist), it does."""
     body = anny_body
     truth_pose = curled_pose(0)
-    transl = torch.tensor([[0.0, 0.3, 1.6]])
-    width, height = 1024, 1536
-    k = torch.from_numpy(intrinsics_for(width, height, 1.2))[None].float()
-    truth = landmarks(body, truth_pose, transl)[0]
-    uv = project(truth.reshape(1, -1, 3), k).reshape(2, -1, 2)
-    seen = {}
-    for s, side in enumerate(HAND_SIDES):
-        keypoints = np.concatenate([uv[s].numpy(), np.ones((len(uv[s]), 1))], 1)
-        seen[side] = HandObservation(keypoints.astype(np.float32), (truth[s] - truth[s].mean(0)).numpy(), (0, 0, width, height))
+    _, seen = seen_by_mediapipe(body, truth_pose, depth_scale=1.0)
     with torch.no_grad():
-        body_uv = project(body(body.default_shape()[None], truth_pose, transl).keypoints, k)[0]
+        body_uv = project(body(body.default_shape()[None], truth_pose, TRANSL).keypoints, CAMERA)[0]
     detected = torch.cat([body_uv, torch.ones(len(body_uv), 1)], 1)[None]
     start = truth_pose.clone()
     start[0, N.index("left_elbow"), 1] += 0.35
     start[0, N.index("right_elbow"), 1] -= 0.35
     for side in HAND_SIDES:
         start[0, HAND_POSE_JOINTS[side]] = 0.0
-    held = fit_hands(body, body.default_shape()[None], start, transl, k, [seen], HandConfig(fit_arms=False), detected)[0]
-    reached = fit_hands(body, body.default_shape()[None], start, transl, k, [seen], HandConfig(), detected)[0]
+    held = fit_hands(body, body.default_shape()[None], start, TRANSL, CAMERA, [seen], HandConfig(fit_arms=False), detected)[0]
+    reached = fit_hands(body, body.default_shape()[None], start, TRANSL, CAMERA, [seen], HandConfig(), detected)[0]
     for side in HAND_SIDES:
         # Measured: 15 and 19.5 px held, 4.8 and 7.4 px reached (the hand is about 60 px long here).
         assert held.error_px[side] > 10.0, held.error_px
