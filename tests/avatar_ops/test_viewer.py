@@ -205,6 +205,24 @@ def test_viewer_loads_without_fetching_anything(browser_page, page_file, http_ro
     assert fetched == [], fetched  # self-contained: only the page itself comes over the wire
 
 
+def test_the_splat_loads_back_through_spark(browser_page, page_file, assets):
+    """Spark decodes the page's .splat into the same count of Gaussians with the file's positions,
+    colours and opacities, in order."""
+    from avatar_ops.avatar.splat import read_splat
+
+    open_viewer(browser_page, page_file.as_uri())
+    decoded = browser_page.evaluate("() => window.viewerSplats(100000)")
+    records = read_splat(assets[0])
+    assert len(decoded) == len(records.positions) == 4000
+    centers = np.array([d["center"] for d in decoded])
+    # Spark packs centres as float16: under 2 m from the origin the spacing is 2**-10 m, so a
+    # centre moves at most half of that, 0.49 mm; 2 mm leaves room and still tells splats apart.
+    np.testing.assert_allclose(centers, records.positions, atol=2e-3, rtol=0)
+    # Colours and opacity travel as bytes: exact up to one step of 1/255.
+    np.testing.assert_allclose(np.array([d["color"] for d in decoded]), records.rgba[:, :3] / 255.0, atol=1.01 / 255, rtol=0)
+    np.testing.assert_allclose(np.array([d["opacity"] for d in decoded]), records.rgba[:, 3] / 255.0, atol=1.01 / 255, rtol=0)
+
+
 def test_splat_and_mesh_stand_upright_facing_the_camera(browser_page, page_file, tmp_path):
     page = browser_page
     open_viewer(page, page_file.as_uri())

@@ -8,6 +8,7 @@
 //   viewerSetClip(n)  play clip n from its start; resolves once drawn
 //   viewerSetTime(s)  pause and show the current clip at s seconds; resolves once drawn
 //   viewerSettle()    resolves once the current view is drawn with the splats sorted for it
+//   viewerSplats(n)   the first n splats as Spark decoded them: {center, color, opacity}, file frame
 import * as THREE from "three";
 import { OrbitControls } from "three/addons/controls/OrbitControls.js";
 import { GLTFLoader } from "three/addons/loaders/GLTFLoader.js";
@@ -181,6 +182,15 @@ function main() {
     splat.rotation.x = Math.PI;
     splat.updateMatrix();
     state.splatCount = splat.splats.getNumSplats();
+    // The first `count` splats as Spark decoded them, in the file's own frame (before the turn).
+    window.viewerSplats = (count) => {
+      const out = [];
+      for (let i = 0; i < Math.min(count, state.splatCount); i++) {
+        const { center, opacity, color } = splat.splats.getSplat(i);
+        out.push({ center: [center.x, center.y, center.z], color: [color.r, color.g, color.b], opacity });
+      }
+      return out;
+    };
     const box = splat.getBoundingBox(true).applyMatrix4(splat.matrix);
     return { object: splat, box };
   }
