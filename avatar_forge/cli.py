@@ -105,14 +105,15 @@ def cmd_track(args: argparse.Namespace) -> int:
                 dev = body.device
                 out = body(torch.from_numpy(result.shape)[None].to(dev), torch.from_numpy(result.pose)[None].to(dev), torch.from_numpy(result.transl)[None].to(dev))
                 uv = project(out.vertices, torch.from_numpy(result.intrinsics)[None].to(dev))[0].cpu().numpy()
-            overlay = draw_overlay(images[photo].rgb, uv, body.faces.cpu().numpy(), result.keypoints, result.projected_keypoints, label=f"facing: {result.facing}", hands=result.hands)
+            overlay = draw_overlay(images[photo].rgb, uv, body.faces.cpu().numpy(), result.keypoints, result.projected_keypoints, label=f"facing: {result.facing}", hands=result.hands, face=result.face)
             overlay_path = out_dir / f"{stem}_overlay.png"
             overlay.save(overlay_path)
             q = result.quality
             print(
                 f"{photo}: ok body={result.body_model} people={result.num_people} facing={result.facing} keypoints={int(q['visible_keypoints'])} "
                 f"reproj={q['reprojection_error_px']:.1f}px ({100 * q['reprojection_error_ratio']:.1f}% of height) "
-                f"mask_iou={q['mask_iou']:.2f} hands={','.join(s for s, h in result.hands.items() if h['tracked']) or 'none'} {seconds:.2f}s -> {out_dir / (stem + '.json')}, {overlay_path}"
+                f"mask_iou={q['mask_iou']:.2f} hands={','.join(s for s, h in result.hands.items() if h['tracked']) or 'none'} "
+                f"face={'tracked' if result.face.get('tracked') else 'seen' if result.face else 'none'} {seconds:.2f}s -> {out_dir / (stem + '.json')}, {overlay_path}"
             )
     return 1 if failures else 0
 

@@ -35,24 +35,41 @@ def turntable(avatar: GaussianAvatar, body: BodyModel, n_views: int = 24, size: 
 
 def played_motion(avatar: GaussianAvatar, motion: Motion, max_frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``max_frames`` (all when None) of ``motion`` as the avatar plays it: [T, 55, 3]
-    poses whose hands keep the photo's pose (clips carry none), and [T, 3] translations from the
-    first frame's, on the clip's device."""
+    poses whose hands keep the photo's pose (clips carry none), as does the jaw unless the clip
+    drives it, and [T, 3] translations from the first frame's, on the clip's device."""
     pose, transl = motion.pose[:max_frames].clone(), motion.transl[:max_frames]
     pose[:, 25:] = avatar.source_pose[25:].to(pose.device)
+    if not motion.drives_jaw:
+        pose[:, 22] = avatar.source_pose[22].to(pose.device)
     return pose, transl - transl[:1]
+
+
+def played_expression(body: BodyModel, motion: Motion, max_frames: int | None = None) -> torch.Tensor | None:
+    """[T, E] the clip's expression for ``body`` (its first E coefficients, zero-padded: SMPL-X's
+    expression spaces are nested), or None when the clip or the body has none."""
+    if motion.expression is None or body.num_expression_coeffs == 0:
+        return None
+    clip = motion.expression[:max_frames]
+    out = torch.zeros(len(clip), body.num_expression_coeffs, dtype=clip.dtype, device=clip.device)
+    n = min(clip.shape[1], body.num_expression_coeffs)
+    out[:, :n] = clip[:, :n]
+    return out
 
 
 def animate(avatar: GaussianAvatar, body: BodyModel, motion: Motion, size: int = 256, distance: float = 3.2, max_frames: int | None = None, background=None) -> np.ndarray:
     """[T, size, size, 3] uint8 frames of the avatar following ``motion`` (camera fixed in front)."""
     pose, transl = played_motion(avatar, motion, max_frames)
     pose, transl = pose.to(avatar.shape.device), transl.to(avatar.shape.device)
+    expression = played_expression(body, motion, max_frames)
     target = _centre(avatar, body, pose)
     cams = orbit_cameras(1, target, distance, 5.0, size)
     cams = Cameras(cams.viewmats.expand(len(pose), 4, 4).clone(), cams.Ks.expand(len(pose), 3, 3).clone(), size, size)
-    return render_frames(avatar, body, pose, transl, cams, background)
+    return render_frames(avatar, body, pose, transl, cams, background, expression=None if expression is None else expression.to(avatar.shape.device))
 
 
-def render_frames(avatar: GaussianAvatar, body: BodyModel, pose: torch.Tensor, transl: torch.Tensor, cams: Cameras, background=None, chunk: int = 8) -> np.ndarray:
+def render_frames(
+    avatar: GaussianAvatar, body: BodyModel, pose: torch.Tensor, transl: torch.Tensor, cams: Cameras, background=None, chunk: int = 8, expression: torch.Tensor | None = None,
+) -> np.ndarray:
     background = torch.ones(3) if background is None else torch.as_tensor(background, dtype=torch.float32)
     frames = []
     with torch.no_grad():
@@ -60,7 +77,8 @@ def render_frames(avatar: GaussianAvatar, body: BodyModel, pose: torch.Tensor, t
             sl = slice(start, start + chunk)
             p = pose if pose.shape[0] == 1 else pose[sl]
             t = transl if transl.shape[0] == 1 else transl[sl]
-            out = avatar.render(body, p, t, cams[sl], background.to(p.device))
+            e = None if expression is None else expression[sl]
+            out = avatar.render(body, p, t, cams[sl], background.to(p.device), expression=e)
             frames.append(to_uint8(out.rgb))
     return np.concatenate(frames)
 

@@ -36,10 +36,11 @@ def triangle_frames(vertices: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
     return torch.stack([tangent, bitangent, normal], -1), area
 
 
-def body_surface(body: BodyModel, shape: Tensor, pose: Tensor, transl: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """[B, S] shapes in [B, 55, 3] poses -> the posed body's [B, V, 3] vertices and [B, F, 3, 3]
-    face frames, in one forward pass of the body (the bodies may be different subjects)."""
-    out = body(shape, pose, transl)
+def body_surface(body: BodyModel, shape: Tensor, pose: Tensor, transl: Tensor | None = None, expression: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """[B, S] shapes in [B, 55, 3] poses (and [B, E] expressions, neutral when None) -> the posed
+    body's [B, V, 3] vertices and [B, F, 3, 3] face frames, in one forward pass of the body (the
+    bodies may be different subjects)."""
+    out = body(shape, pose, transl, expression)
     frames, _ = triangle_frames(out.vertices, body.faces)
     return out.vertices, frames
 
@@ -88,12 +89,13 @@ class GaussianAvatar:
     def detach(self) -> GaussianAvatar:
         return dataclasses.replace(self, **{k: getattr(self, k).detach().clone() for k in self.TENSORS})
 
-    def surface(self, body: BodyModel, pose: Tensor, transl: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Each Gaussian's parent triangle under [B, 55, 3] poses: corners [B, N, 3, 3] and frames
-        [B, N, 3, 3] (columns: tangent, bitangent, normal). They depend on the pose only, not on the
-        Gaussians' own parameters, so a fit computes them once per view."""
+    def surface(self, body: BodyModel, pose: Tensor, transl: Tensor | None = None, expression: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Each Gaussian's parent triangle under [B, 55, 3] poses (and [B, E] expressions):
+        corners [B, N, 3, 3] and frames [B, N, 3, 3] (columns: tangent, bitangent, normal). They
+        depend on the pose only, not on the Gaussians' own parameters, so a fit computes them once
+        per view."""
         self.check_body(body)
-        return self.triangles(body, *body_surface(body, self.shape[None].expand(pose.shape[0], -1), pose, transl))
+        return self.triangles(body, *body_surface(body, self.shape[None].expand(pose.shape[0], -1), pose, transl, expression))
 
     def check_body(self, body: BodyModel) -> None:
         """Raise unless ``body`` is the kind of body this avatar was built on."""
@@ -115,13 +117,13 @@ class GaussianAvatar:
             "opacities": torch.sigmoid(self.opacity_logit), "colors": self.color.clamp(0, 1),
         }  # fmt: skip
 
-    def posed(self, body: BodyModel, pose: Tensor, transl: Tensor | None = None) -> dict[str, Tensor]:
-        """World-space Gaussians for [B, 55, 3] poses (see :meth:`gaussians_on`)."""
-        return self.gaussians_on(*self.surface(body, pose, transl))
+    def posed(self, body: BodyModel, pose: Tensor, transl: Tensor | None = None, expression: Tensor | None = None) -> dict[str, Tensor]:
+        """World-space Gaussians for [B, 55, 3] poses and [B, E] expressions (see :meth:`gaussians_on`)."""
+        return self.gaussians_on(*self.surface(body, pose, transl, expression))
 
-    def render(self, body: BodyModel, pose: Tensor, transl: Tensor | None, cameras: Cameras, background: Tensor | None = None) -> Render:
+    def render(self, body: BodyModel, pose: Tensor, transl: Tensor | None, cameras: Cameras, background: Tensor | None = None, expression: Tensor | None = None) -> Render:
         """Render pose b into camera b (``len(cameras) == B``), or one pose into every camera."""
-        g = self.posed(body, pose, transl)
+        g = self.posed(body, pose, transl, expression)
         if pose.shape[0] == 1:
             return rasterize(g["means"][0], g["quats"][0], g["scales"], g["opacities"], g["colors"], cameras, background, rasterize_mode=RASTERIZE_MODE)
         if pose.shape[0] != len(cameras):

@@ -204,8 +204,8 @@ class AnnyBody(BodyModel):
         out[..., 3, 3] = 1
         return out
 
-    def forward(self, shape: Tensor, pose: Tensor, transl: Tensor | None = None) -> BodyOutput:
-        self.check_inputs(shape, pose, transl)
+    def forward(self, shape: Tensor, pose: Tensor, transl: Tensor | None = None, expression: Tensor | None = None) -> BodyOutput:
+        self.check_inputs(shape, pose, transl, expression)  # Anny has no expressions: [B, 0] or None
         out = self.model(self.local_deltas(pose), shape)
         global_rot = axis_angle_to_matrix(pose[:, 0])  # [B, 3, 3]
         to_world = global_rot @ self.m  # [B, 3, 3] Anny axes -> posed SMPL-X frame
@@ -247,8 +247,8 @@ class AnnyBody(BodyModel):
             poses[:, 0, :3, :3] = torch.eye(3, device=poses.device, dtype=poses.dtype)
         return poses
 
-    def keypoints_and_vertices(self, shape: Tensor, pose: Tensor, transl: Tensor | None, vertex_index: Tensor) -> tuple[Tensor, Tensor]:
-        self.check_inputs(shape, pose, transl)
+    def keypoints_and_vertices(self, shape: Tensor, pose: Tensor, transl: Tensor | None, vertex_index: Tensor, expression: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self.check_inputs(shape, pose, transl, expression)
         from anny.skinning.skinning import apply_linear_blendshape
 
         m = self.model

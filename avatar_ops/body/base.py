@@ -126,6 +126,17 @@ class BodyModel(nn.Module, abc.ABC):
     def device(self) -> torch.device:
         return self._faces.device
 
+    @property
+    def num_expression_coeffs(self) -> int:
+        """Facial expression coefficients the body takes (``expression`` [B, E]); 0 for a body
+        without expression blendshapes."""
+        return 0
+
+    @property
+    def has_jaw(self) -> bool:
+        """Whether the SMPL-X jaw joint (pose index 22) moves part of this body."""
+        return self.smplx_joint_bones()[SMPLX_JOINT_NAMES.index("jaw")] >= 0
+
     def smplx_skinning_weights(self) -> Tensor:
         """[V, 55] each vertex's skinning weights gathered onto the SMPL-X joints that drive its
         bones (for a backend whose skeleton is SMPL-X's, its own weights)."""
@@ -221,22 +232,24 @@ class BodyModel(nn.Module, abc.ABC):
         """Inverse of :meth:`shape_from_latent`."""
 
     @abc.abstractmethod
-    def forward(self, shape: Tensor, pose: Tensor, transl: Tensor | None = None) -> BodyOutput:
+    def forward(self, shape: Tensor, pose: Tensor, transl: Tensor | None = None, expression: Tensor | None = None) -> BodyOutput:
         """Pose and shape the body.
 
         Args:
             shape: [B, S] shape parameters (``num_shape_params``).
             pose: [B, 55, 3] SMPL-X axis-angle pose; index 0 is the global orientation.
             transl: [B, 3] translation, zero when None.
+            expression: [B, E] expression coefficients (``num_expression_coeffs``), neutral when
+                None.
         """
 
-    def keypoints_and_vertices(self, shape: Tensor, pose: Tensor, transl: Tensor | None, vertex_index: Tensor) -> tuple[Tensor, Tensor]:
+    def keypoints_and_vertices(self, shape: Tensor, pose: Tensor, transl: Tensor | None, vertex_index: Tensor, expression: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """[B, K, 3] keypoints and [B, N, 3] posed vertices ``vertex_index`` only.
 
         Equal to ``forward`` followed by indexing; backends override it with a cheaper path (the
         body fit calls it hundreds of times per photo).
         """
-        out = self(shape, pose, transl)
+        out = self(shape, pose, transl, expression)
         return out.keypoints, out.vertices[:, vertex_index]
 
     @torch.no_grad()
@@ -244,7 +257,7 @@ class BodyModel(nn.Module, abc.ABC):
         """Raise if a forward pass of the mean shape in the T-pose fails (operators' health check)."""
         self(self.default_shape()[None], zero_pose(1, device=self.device))
 
-    def check_inputs(self, shape: Tensor, pose: Tensor, transl: Tensor | None) -> None:
+    def check_inputs(self, shape: Tensor, pose: Tensor, transl: Tensor | None, expression: Tensor | None = None) -> None:
         if shape.ndim != 2 or shape.shape[1] != self.num_shape_params:
             raise ValueError(f"`shape` must be [B, {self.num_shape_params}] for {self.name}, got {tuple(shape.shape)}.")
         if pose.ndim != 3 or pose.shape[1:] != (NUM_POSE_JOINTS, 3):
@@ -253,6 +266,8 @@ class BodyModel(nn.Module, abc.ABC):
             raise ValueError(f"`pose` and `shape` batch sizes differ: {pose.shape[0]} vs {shape.shape[0]}.")
         if transl is not None and tuple(transl.shape) != (shape.shape[0], 3):
             raise ValueError(f"`transl` must be [B, 3] = [{shape.shape[0]}, 3], got {tuple(transl.shape)}.")
+        if expression is not None and tuple(expression.shape) != (shape.shape[0], self.num_expression_coeffs):
+            raise ValueError(f"`expression` must be [B, {self.num_expression_coeffs}] = [{shape.shape[0]}, {self.num_expression_coeffs}] for {self.name}, got {tuple(expression.shape)}.")
 
 
 def _affine_through(points: Tensor, target: Tensor, prior: Tensor) -> Tensor:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import zipfile
 from pathlib import Path
 
@@ -91,7 +94,11 @@ class SMPLXBody(BodyModel):
 
         path = resolve_smplx_file(model_path, gender)
         validate_smplx_npz(path)
-        layer = smplx.SMPLXLayer(model_path=str(path), ext="npz", num_betas=num_betas, use_pca=False, flat_hand_mean=True, gender=gender)
+        printed = io.StringIO()  # smplx prints its warnings (fewer shape or expression columns) to stdout
+        with contextlib.redirect_stdout(printed):
+            layer = smplx.SMPLXLayer(model_path=str(path), ext="npz", num_betas=num_betas, use_pca=False, flat_hand_mean=True, gender=gender)
+        for line in printed.getvalue().splitlines():
+            logging.getLogger(__name__).warning("smplx (%s): %s", path.name, line.strip())
         return cls(layer).to(device)
 
     @torch.no_grad()
@@ -114,8 +121,12 @@ class SMPLXBody(BodyModel):
     def latent_from_shape(self, shape: Tensor) -> Tensor:
         return shape
 
-    def forward(self, shape: Tensor, pose: Tensor, transl: Tensor | None = None) -> BodyOutput:
-        self.check_inputs(shape, pose, transl)
+    @property
+    def num_expression_coeffs(self) -> int:
+        return int(self.layer.num_expression_coeffs)
+
+    def forward(self, shape: Tensor, pose: Tensor, transl: Tensor | None = None, expression: Tensor | None = None) -> BodyOutput:
+        self.check_inputs(shape, pose, transl, expression)
         batch = pose.shape[0]
         rot = axis_angle_to_matrix(pose)  # [B, 55, 3, 3]
         t = torch.zeros_like(pose[:, 0]) if transl is None else transl
@@ -123,7 +134,7 @@ class SMPLXBody(BodyModel):
             betas=shape, global_orient=rot[:, 0:1], body_pose=rot[:, 1:22], jaw_pose=rot[:, 22:23],
             leye_pose=rot[:, 23:24], reye_pose=rot[:, 24:25], left_hand_pose=rot[:, 25:40],
             right_hand_pose=rot[:, 40:55], transl=t,
-            expression=torch.zeros(batch, self.layer.num_expression_coeffs, dtype=pose.dtype, device=pose.device),
+            expression=torch.zeros(batch, self.num_expression_coeffs, dtype=pose.dtype, device=pose.device) if expression is None else expression,
         )  # fmt: skip
         vertices, joints = out.vertices, out.joints[:, : len(SMPLX_JOINT_NAMES)]
         keypoints = torch.where(self.kp_is_vertex[None, :, None], vertices[:, self.kp_index.clamp(max=vertices.shape[1] - 1)], joints[:, self.kp_index.clamp(max=joints.shape[1] - 1)])

@@ -158,6 +158,13 @@ def make_synthetic_smplx(path: str | Path, seed: int = 0, num_betas: int = 10) -
     for k in range(2, 20):
         freq = rng.normal(size=3) * 2.0
         shapedirs[:, :, k] = 0.004 * np.sin(v_template @ freq)[:, None] * rng.normal(size=3)
+    # Expression space (columns 10-19, as SMPL-X files with 10 shape and 10 expression columns):
+    # local bumps on the head and jaw, 5 mm across 3 cm, as expressions move parts of a face.
+    face_ids = np.nonzero(np.isin(lbs.argmax(1), [SMPLX_JOINT_NAMES.index("head"), SMPLX_JOINT_NAMES.index("jaw")]))[0]
+    for k in range(10, 20):
+        centre = v_template[face_ids[rng.integers(len(face_ids))]]
+        falloff = np.exp(-((v_template - centre) ** 2).sum(1) / (2 * 0.03**2))
+        shapedirs[:, :, k] = 0.005 * falloff[:, None] * rng.normal(size=3)
     data = {
         "v_template": v_template.astype(np.float32), "f": faces.astype(np.int64),
         "shapedirs": shapedirs.astype(np.float32), "posedirs": np.zeros((NUM_VERTICES, 3, 486), np.float32),

@@ -2,9 +2,12 @@
 
 A clip file holds either ``poses`` [T, 3 * J] (22 <= J <= 64: global orient then body joints, then
 optionally jaw/eyes/hands in SMPL-X order) or ``global_orient`` [T, 3] and ``body_pose``
-[T, 63]; ``trans`` [T, 3] (optional, metres); ``mocap_framerate`` (optional, one number in
-frames per second, default 30) and ``up_axis`` (optional, ``y`` as SMPL-X or ``z`` as AMASS; z-up
-clips are turned y-up on load). Other arrays (``betas``, ``dmpls``, ...) are ignored unread.
+[T, 63]; ``trans`` [T, 3] (optional, metres); ``jaw_pose`` [T, 3] (optional: the jaw, over any
+in ``poses``) and ``expression`` [T, E] (optional, 1 <= E <= 100 SMPL-X expression coefficients),
+so a talking-head clip drives the face of a body that has a jaw and expressions (SMPL-X; Anny has
+neither, and its avatars play such a clip's body only); ``mocap_framerate`` (optional, one number
+in frames per second, default 30) and ``up_axis`` (optional, ``y`` as SMPL-X or ``z`` as AMASS;
+z-up clips are turned y-up on load). Other arrays (``betas``, ``dmpls``, ...) are ignored unread.
 
 Files are uploads from anyone, so they are read through :class:`~avatar_ops.motion.npz.BoundedNpz`:
 the zip directory and the ``.npy`` headers are checked against the limits below (and those in
@@ -32,19 +35,26 @@ MAX_POSE_JOINTS = 64
 #: ``mocap_framerate`` bounds, frames per second (mocap runs at 30 to 250; below 1 the GIF
 #: encoder's frame duration overflows).
 MIN_FRAMERATE, MAX_FRAMERATE = 1.0, 1000.0
+#: Most expression coefficients per frame (SMPL-X files hold up to 100).
+MAX_EXPRESSION = 100
 #: The arrays a clip may use; any other is left unread.
-CLIP_KEYS = ("poses", "global_orient", "body_pose", "trans", "mocap_framerate", "up_axis")
+CLIP_KEYS = ("poses", "global_orient", "body_pose", "trans", "jaw_pose", "expression", "mocap_framerate", "up_axis")
+_JAW = 22
 
 CLIPS_DIR = Path(__file__).parent / "clips"
 
 
 @dataclasses.dataclass
 class Motion:
-    """pose [T, 55, 3] SMPL-X axis-angle (y up, facing +z), transl [T, 3], fps."""
+    """pose [T, 55, 3] SMPL-X axis-angle (y up, facing +z), transl [T, 3], fps; ``drives_jaw``:
+    the clip holds the jaw (``poses`` with 23 joints or more, or ``jaw_pose``); ``expression``
+    [T, E] or None."""
 
     pose: torch.Tensor
     transl: torch.Tensor
     fps: float
+    drives_jaw: bool = False
+    expression: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.pose.shape[0])
@@ -91,9 +101,14 @@ def load_motion(source: str | bytes | Path, max_frames: int = MAX_FRAMES, limits
             orient = data["global_orient"].astype(np.float32).reshape(frames, 1, 3)
             joints = np.concatenate([orient, data["body_pose"].astype(np.float32).reshape(frames, 21, 3)], 1)
         trans = data["trans"].astype(np.float32).reshape(frames, 3) if "trans" in data else np.zeros((frames, 3), np.float32)
+        expression = data["expression"].astype(np.float32).reshape(frames, -1) if "expression" in data else None
     pose = np.zeros((frames, NUM_POSE_JOINTS, 3), np.float32)
     pose[:, : joints.shape[1]] = joints
-    for field, values in (("poses" if "poses" in data else "global_orient/body_pose", pose), ("trans", trans)):
+    if "jaw_pose" in data:
+        with np.errstate(over="ignore", invalid="ignore"):
+            pose[:, _JAW] = data["jaw_pose"].astype(np.float32).reshape(frames, 3)
+    checked = [("poses" if "poses" in data else "global_orient/body_pose", pose), ("trans", trans)] + ([("expression", expression)] if expression is not None else [])
+    for field, values in checked:
         if not np.isfinite(values).all():
             raise ValueError(f"`{field}` must hold finite float32 values, got NaN, infinite or out-of-range ones.")
     fps = _framerate(data["mocap_framerate"]) if "mocap_framerate" in data else 30.0
@@ -103,7 +118,8 @@ def load_motion(source: str | bytes | Path, max_frames: int = MAX_FRAMES, limits
         to_y = axis_angle_to_matrix(torch.tensor([-math.pi / 2, 0.0, 0.0]))
         pose_t[:, 0] = matrix_to_axis_angle(to_y @ axis_angle_to_matrix(pose_t[:, 0]))
         trans_t = trans_t @ to_y.T
-    return Motion(pose=pose_t, transl=trans_t, fps=fps)
+    drives_jaw = "jaw_pose" in data or joints.shape[1] > _JAW
+    return Motion(pose=pose_t, transl=trans_t, fps=fps, drives_jaw=drives_jaw, expression=None if expression is None else torch.from_numpy(expression))
 
 
 def _clip_headers(npz: BoundedNpz, max_frames: int) -> dict[str, ArrayHeader]:
@@ -122,7 +138,7 @@ def _clip_headers(npz: BoundedNpz, max_frames: int) -> dict[str, ArrayHeader]:
             expected = "a string" if key == "up_axis" else "numbers"
             raise ValueError(f"`{key}` must hold {expected}, got dtype {header.dtype}.")
     # Per-frame layouts: [T, *per_frame] with prod(per_frame) values, as documented above.
-    per_frame = {"global_orient": 3, "body_pose": 63, "trans": 3}
+    per_frame = {"global_orient": 3, "body_pose": 63, "trans": 3, "jaw_pose": 3}
     if "poses" in headers:
         shape = headers["poses"].shape
         if len(shape) != 2 or shape[1] % 3 or not 66 <= shape[1] <= 3 * MAX_POSE_JOINTS:
@@ -136,6 +152,10 @@ def _clip_headers(npz: BoundedNpz, max_frames: int) -> dict[str, ArrayHeader]:
             shape = headers[key].shape
             if not shape or shape[0] != frames or math.prod(shape[1:]) != values or len(shape) > 3:
                 raise ValueError(f"`{key}` must be [T, {values}] = [{frames}, {values}], got {list(shape)}.")
+    if "expression" in headers:
+        shape = headers["expression"].shape
+        if len(shape) != 2 or shape[0] != frames or not 1 <= shape[1] <= MAX_EXPRESSION:
+            raise ValueError(f"`expression` must be [T, E] = [{frames}, E] with 1 <= E <= {MAX_EXPRESSION}, got {list(shape)}.")
     for key, expected in (("mocap_framerate", "one finite positive number of frames per second"), ("up_axis", "one string, 'y' or 'z'")):
         if key in headers and math.prod(headers[key].shape) != 1:
             raise ValueError(f"`{key}` must be {expected}, got an array of shape {list(headers[key].shape)}.")

@@ -10,11 +10,12 @@ import torch
 from pydantic import Field
 
 from avatar_ops.body import BodyModel, BodyModelConfig, build_body_model, resolve_device
-from avatar_ops.body.base import HAND_LANDMARK_NAMES, KEYPOINT_NAMES, BodyOperator
+from avatar_ops.body.base import HAND_LANDMARK_NAMES, KEYPOINT_NAMES, SMPLX_JOINT_NAMES, BodyOperator
 from avatar_ops.io.image import DecodedImage
 from avatar_ops.render.camera import project
 from avatar_ops.render.mesh import rasterize_silhouette
 from avatar_ops.tracking.detector import DetectorConfig, MediaPipeDetector
+from avatar_ops.tracking.face import FaceConfig, FaceDetector, face_embedding, fit_faces
 from avatar_ops.tracking.facing import facing_angle_deg, facing_of
 from avatar_ops.tracking.hands import HandConfig, HandDetector, fit_hands
 from avatar_ops.tracking.keypoints import main_subject
@@ -30,6 +31,7 @@ class TrackingConfig(FrozenConfig):
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description="The bundled person detector.")
     fit: BodyFitConfig = Field(default_factory=BodyFitConfig, description="Fit weights and schedule.")
     hands: HandConfig = Field(default_factory=HandConfig, description="Hand landmarks on crops around the wrists, and the SMPL-X hand pose fitted to them.")
+    face: FaceConfig = Field(default_factory=FaceConfig, description="Face Mesh landmarks on a crop around the head, and the head, jaw and expression fitted to them.")
     device: str = Field("auto", description="`auto` (CUDA when available), `cpu` or `cuda[:N]`.")
     min_keypoints: int = Field(6, ge=3, description="Fewer confident keypoints than this rejects the photo (`subject_truncated` when the photo's edge cuts the person, else `too_few_keypoints`).")
     min_subject_height: int = Field(96, ge=1, description="A main subject whose confident keypoints span fewer pixels than this is rejected as `subject_too_small`.")
@@ -70,6 +72,11 @@ class TrackResult:
         hands: per side (``left``, ``right``) seen by the hand detector: ``tracked`` (the fit
             followed it), ``reprojection_error_px``, ``keypoints`` [21, 3] (x, y, confidence) and
             ``projected`` [21, 2] (the fitted hand's landmarks), MediaPipe's landmark order.
+        face: when the face detector saw a face: ``tracked`` (the fit followed it),
+            ``reprojection_error_px``, ``keypoints`` [468, 2] and ``projected`` [468, 2] (Face
+            Mesh's landmark order), and the fitted ``neck_pose``, ``head_pose`` and ``jaw_pose``
+            (axis-angle [3], as in ``pose``; ``jaw_pose`` None for a body without a jaw) and
+            ``expression`` ([E] coefficients; None for a body without expressions).
     """
 
     body_model: str
@@ -85,6 +92,7 @@ class TrackResult:
     num_people: int
     quality: dict[str, float]
     hands: dict[str, dict] = dataclasses.field(default_factory=dict)
+    face: dict = dataclasses.field(default_factory=dict)
 
     @property
     def facing_angle_deg(self) -> float:
@@ -110,7 +118,8 @@ class TrackResult:
             "num_people": self.num_people,
             "quality": self.quality,
             "hand_landmark_names": list(HAND_LANDMARK_NAMES),
-            "hands": {side: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in hand.items()} for side, hand in self.hands.items()},
+            "hands": {side: _listed(hand) for side, hand in self.hands.items()},
+            "face": _listed(self.face),
         }
 
     @classmethod
@@ -122,11 +131,34 @@ class TrackResult:
             intrinsics=np.asarray(data["camera"]["intrinsics"], dtype=np.float32), width=int(data["camera"]["width"]),
             height=int(data["camera"]["height"]), keypoints=f32("keypoints"), projected_keypoints=f32("projected_keypoints"),
             mask=np.asarray(mask, dtype=bool), num_people=int(data["num_people"]), quality=dict(data["quality"]),
-            hands={
-                side: {k: (np.asarray(v, dtype=np.float32) if k in ("keypoints", "projected") else v) for k, v in hand.items()}
-                for side, hand in data.get("hands", {}).items()
-            },
+            hands={side: _arrays(hand) for side, hand in data.get("hands", {}).items()}, face=_arrays(data.get("face", {})),
         )  # fmt: skip
+
+
+_ARRAY_KEYS = ("keypoints", "projected", "neck_pose", "head_pose", "jaw_pose", "expression")
+
+
+def _listed(record: dict) -> dict:
+    """A hand or face record with its arrays as lists (JSON)."""
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in record.items()}
+
+
+def _arrays(record: dict) -> dict:
+    """Inverse of :func:`_listed`."""
+    return {k: (np.asarray(v, dtype=np.float32) if k in _ARRAY_KEYS and v is not None else v) for k, v in record.items()}
+
+
+def _face_record(seen, fitted) -> dict:
+    """TrackResult.face from the detector's observation and the face fit."""
+    if seen is None or fitted is None:
+        return {}
+    joints = {name: SMPLX_JOINT_NAMES.index(name) for name in ("neck", "head", "jaw")}
+    return {
+        "tracked": fitted.tracked, "reprojection_error_px": round(fitted.error_px, 3),
+        "keypoints": seen.keypoints, "projected": fitted.projected,
+        "neck_pose": fitted.pose[joints["neck"]], "head_pose": fitted.pose[joints["head"]],
+        "jaw_pose": fitted.pose[joints["jaw"]] if fitted.has_jaw else None, "expression": fitted.expression,
+    }  # fmt: skip
 
 
 def _hand_record(seen: dict | None, fitted) -> dict[str, dict]:
@@ -152,10 +184,17 @@ class TrackingOperator(BodyOperator):
 
     config_class = TrackingConfig
 
-    def __init__(self, config: TrackingConfig, body: BodyModel, detector: MediaPipeDetector | None, hand_detector: HandDetector | None = None) -> None:
+    def __init__(
+        self, config: TrackingConfig, body: BodyModel, detector: MediaPipeDetector | None, hand_detector: HandDetector | None = None,
+        face_detector: FaceDetector | None = None,
+    ) -> None:
         super().__init__(config, body)
         self.detector = detector
         self.hand_detector = hand_detector
+        self.face_detector = face_detector
+        # Where the face landmarks sit on this body, placed now: a body whose face Face Mesh does
+        # not recognise fails here (FaceCalibrationError), not on every photo.
+        self.face_embedding = face_embedding(body) if face_detector is not None else None
 
     @classmethod
     def from_config(cls, config: TrackingConfig | None = None, *, body: BodyModel | None = None) -> TrackingOperator:
@@ -163,7 +202,10 @@ class TrackingOperator(BodyOperator):
         once (per actor or replica)."""
         config = config or TrackingConfig()
         body = build_body_model(config.body, resolve_device(config.device)) if body is None else body
-        return cls(config, body, MediaPipeDetector(config.detector), HandDetector(config.hands) if config.hands.enabled else None)
+        return cls(
+            config, body, MediaPipeDetector(config.detector), HandDetector(config.hands) if config.hands.enabled else None,
+            FaceDetector(config.face) if config.face.enabled else None,
+        )  # fmt: skip
 
     def _prepare(self, item: TrackInput) -> FitTarget | Rejected:
         image = item.image
@@ -210,7 +252,8 @@ class TrackingOperator(BodyOperator):
                 return Rejected("subject_truncated", f"{seen}: the photo's edge cuts the main subject")
             return Rejected("subject_too_small", f"{seen} ({num_people} people seen)")
         hands = self.hand_detector(image.rgb, keypoints) if self.hand_detector is not None else None
-        return FitTarget(keypoints=keypoints, mask=mask, width=image.width, height=image.height, num_people=num_people, world_keypoints=world, hands=hands)
+        face = self.face_detector(image.rgb, keypoints) if self.face_detector is not None else None
+        return FitTarget(keypoints=keypoints, mask=mask, width=image.width, height=image.height, num_people=num_people, world_keypoints=world, hands=hands, face=face)
 
     def __call__(self, items: Sequence[TrackInput]) -> list[TrackResult | Rejected]:
         prepared = [self._prepare(item) for item in items]
@@ -225,10 +268,14 @@ class TrackingOperator(BodyOperator):
             detected = torch.from_numpy(np.stack([t.keypoints for t in targets]).astype(np.float32))
             hand_fits = fit_hands(self.body, fit.shape, fit.pose, fit.transl, fit.intrinsics, [t.hands or {} for t in targets], self.config.hands, detected)
             fit.pose = torch.from_numpy(np.stack([h.pose for h in hand_fits])).to(fit.pose.dtype)
+        face_fits = [None] * len(targets)
+        if any(t.face is not None for t in targets):
+            face_fits = fit_faces(self.body, fit.shape, fit.pose, fit.transl, fit.intrinsics, [t.face for t in targets], self.face_embedding, self.config.face)
+            fit.pose = torch.stack([torch.from_numpy(f.pose) if f is not None else fit.pose[b] for b, f in enumerate(face_fits)]).to(fit.pose.dtype)
         with torch.no_grad():
             out = self.body(fit.shape.to(self.body.device), fit.pose.to(self.body.device), fit.transl.to(self.body.device))
             uv_all = project(out.vertices, fit.intrinsics.to(self.body.device)).cpu().numpy()
-            if any(h is not None for h in hand_fits):  # the arms may have moved with the hands
+            if any(h is not None for h in hand_fits + face_fits):  # the arms may have moved with the hands, the head with the face
                 fit.projected_keypoints = project(out.keypoints, fit.intrinsics.to(self.body.device)).cpu()
         faces = self.body.faces.cpu().numpy()
         for b, (i, target) in enumerate(zip(todo, targets)):
@@ -245,9 +292,11 @@ class TrackingOperator(BodyOperator):
                 projected_keypoints=fit.projected_keypoints[b].numpy(),
                 mask=target.mask if target.mask is not None else np.zeros((target.height, target.width), bool),
                 num_people=target.num_people, quality=quality, hands=_hand_record(target.hands, hand_fits[b]),
+                face=_face_record(target.face, face_fits[b]),
             )  # fmt: skip
             quality["facing_angle_deg"] = results[i].facing_angle_deg
             quality["hands_tracked"] = float(sum(h["tracked"] for h in results[i].hands.values()))
+            quality["face_tracked"] = float(bool(results[i].face.get("tracked")))
         return results
 
     def _quality(self, target: FitTarget, projected: np.ndarray, uv: np.ndarray, faces: np.ndarray) -> dict[str, float]:

@@ -32,12 +32,12 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def draw_overlay(
     rgb: np.ndarray, uv: np.ndarray, faces: np.ndarray, keypoints: np.ndarray, projected: np.ndarray, min_confidence: float = 0.3, label: str | None = None,
-    hands: dict[str, dict] | None = None,
+    hands: dict[str, dict] | None = None, face: dict | None = None,
 ) -> Image.Image:
     """The photo with the fitted mesh (translucent), detected keypoints (green), the body's
     projected keypoints (red), each tracked hand's landmarks (yellow, detected) and fitted
-    landmarks (magenta; ``TrackResult.hands``) and ``label`` (e.g. which way the person faces)
-    in the top left."""
+    landmarks (magenta; ``TrackResult.hands``), the face's landmarks likewise (yellow and magenta
+    dots; ``TrackResult.face``) and ``label`` (e.g. which way the person faces) in the top left."""
     h, w = rgb.shape[:2]
     base = Image.fromarray(rgb).convert("RGBA")
     layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
@@ -72,6 +72,11 @@ def draw_overlay(
                 draw.line([tuple(points[a, :2]), tuple(points[b, :2])], fill=colour, width=1)
             for x, y in points[:, :2]:
                 draw.ellipse([x - small, y - small, x + small, y + small], fill=colour)
+    if face:
+        # 468 landmarks on a face a few dozen pixels high: single pixels, detected then fitted.
+        for points, colour in ((face["keypoints"], (255, 220, 0, 255)), (face.get("projected"), (255, 0, 255, 255))):
+            if points is not None:
+                draw.point([tuple(p) for p in np.asarray(points)[:, :2].tolist()], fill=colour)
     if label:
         box = draw.textbbox((r, r), label)
         draw.rectangle([box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2], fill=(0, 0, 0, 255))

@@ -94,6 +94,7 @@ class FitTarget:
     num_people: int = 1
     world_keypoints: np.ndarray | None = None
     hands: dict | None = None  # side -> HandObservation (avatar_ops.tracking.hands); not used by the body fit
+    face: object | None = None  # FaceObservation (avatar_ops.tracking.face); not used by the body fit
 
 
 @dataclasses.dataclass

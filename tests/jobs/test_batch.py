@@ -20,9 +20,9 @@ from tests.inputs import bad_files
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {
-    # Hands off: the job's wiring is what these tests check (tests/test_parity.py runs the hands through both adapters).
+    # Hands and face off: the job's wiring is what these tests check (tests/test_parity.py runs them through both adapters).
     "pipeline": {
-        "num_gaussians": 800, "fit": {"iters": 2, "resolution": 64}, "tracking": {"hands": {"enabled": False}},
+        "num_gaussians": 800, "fit": {"iters": 2, "resolution": 64}, "tracking": {"hands": {"enabled": False}, "face": {"enabled": False}},
         "export": {"turntable_views": 2, "preview_size": 48, "animation_frames": 2, "glb_texture_size": 256, "glb_max_frames": 8},
     },
     "ray": {"num_cpus": 2},

@@ -18,7 +18,7 @@ PREFIX = "/avatar"
 FAST_PIPELINE = {
     "num_gaussians": 800,
     "fit": {"iters": 2, "resolution": 64},
-    "tracking": {"hands": {"enabled": False}},  # the API's wiring is what these tests check (tests/test_parity.py runs the hands)
+    "tracking": {"hands": {"enabled": False}, "face": {"enabled": False}},  # the API's wiring is what these tests check (tests/test_parity.py runs them)
     "export": {"turntable_views": 2, "preview_size": 48, "animation_frames": 2, "glb_texture_size": 256, "glb_max_frames": 8},
 }
 #: A tiny random SVD pipeline (built by the fixture) and few small frames per mode.
