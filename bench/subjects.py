@@ -74,6 +74,19 @@ POSES: dict[str, dict[str, tuple[float, float, float]]] = {
     },
 }  # fmt: skip
 SUBJECT_POSES = ("relaxed", "arms_forward", "stride", "turned_torso", "hand_on_hip", "arm_forward_stride")
+# A loose fist: each finger's knuckle, middle and end joints bent towards the palm (radians; the
+# left hand's fingers bend about -z, the right's about +z), the little finger most, the thumb a little.
+FINGER_CURL = {"index": (0.5, 0.8, 0.4), "middle": (0.6, 0.9, 0.45), "ring": (0.7, 0.95, 0.5), "pinky": (0.8, 1.0, 0.5), "thumb": (0.2, 0.3, 0.3)}
+
+
+def bend_fingers(pose: Tensor) -> Tensor:
+    """[1, 55, 3] ``pose`` with both hands in :data:`FINGER_CURL`'s loose fist."""
+    pose = pose.clone()
+    for side, sign in (("left", -1.0), ("right", 1.0)):
+        for finger, angles in FINGER_CURL.items():
+            for k, angle in enumerate(angles, start=1):
+                pose[0, _j(f"{side}_{finger}{k}"), 2] = sign * angle
+    return pose
 
 
 def pose_tensor(name: str) -> Tensor:
@@ -94,6 +107,7 @@ class Subject:
     pose: Tensor
     look: dict
     back: str
+    fingers_bent: bool = False
 
 
 def make_subjects(body: BodyModel, count: int, back: str = "consistent") -> list[Subject]:
@@ -127,7 +141,9 @@ def make_subjects(body: BodyModel, count: int, back: str = "consistent") -> list
         # Soles: white (sneakers), darker than the upper (leather) or gum.
         look["sole"] = (torch.tensor([0.92, 0.92, 0.9]), look["shoes"] * 0.6, torch.tensor([0.55, 0.35, 0.18]))[index % 3]
         pose_name = SUBJECT_POSES[index % len(SUBJECT_POSES)]
-        subjects.append(Subject(name=f"{index}_{pose_name}", shape=shape, pose=pose_tensor(pose_name), look=look, back=back))
+        bent = index % 2 == 1  # every other subject's fingers bent
+        pose = bend_fingers(pose_tensor(pose_name)) if bent else pose_tensor(pose_name)
+        subjects.append(Subject(name=f"{index}_{pose_name}", shape=shape, pose=pose, look=look, back=back, fingers_bent=bent))
     return subjects
 
 
