@@ -20,7 +20,7 @@ from avatar_ops.tracking.facing import facing_angle_deg, facing_of
 from avatar_ops.tracking.hands import HandConfig, HandDetector, fit_hands
 from avatar_ops.tracking.keypoints import main_subject
 from avatar_ops.tracking.overlay import mask_iou, resize_mask
-from avatar_ops.tracking.smplify import BodyFitConfig, FitTarget, fit_bodies
+from avatar_ops.tracking.smplify import FACE_KEYPOINTS, BodyFitConfig, FitTarget, faces_away, fit_bodies
 from avatar_ops.types import Facing, FrozenConfig, Rejected
 
 
@@ -237,6 +237,12 @@ class TrackingOperator(BodyOperator):
             keypoints, mask, num_people, world = detection.keypoints, detection.mask, detection.num_people, detection.world_keypoints
         if keypoints.shape != (len(KEYPOINT_NAMES), 3):
             raise ValueError(f"keypoints must be [{len(KEYPOINT_NAMES)}, 3], got {keypoints.shape}.")
+        away = faces_away(keypoints, world, self.config.fit.min_confidence)
+        if away:
+            # Seen from behind, a nose and eyes are the detector's guesses (on the back of the
+            # head): fitted to, they throw the head back. They are recorded unseen.
+            keypoints = keypoints.copy()
+            keypoints[FACE_KEYPOINTS, 2] = 0.0
         confident = keypoints[:, 2] > self.config.fit.min_confidence
         visible = int(confident.sum())
         if visible < self.config.min_keypoints:
@@ -252,7 +258,7 @@ class TrackingOperator(BodyOperator):
                 return Rejected("subject_truncated", f"{seen}: the photo's edge cuts the main subject")
             return Rejected("subject_too_small", f"{seen} ({num_people} people seen)")
         hands = self.hand_detector(image.rgb, keypoints) if self.hand_detector is not None else None
-        face = self.face_detector(image.rgb, keypoints) if self.face_detector is not None else None
+        face = self.face_detector(image.rgb, keypoints) if self.face_detector is not None and not away else None
         return FitTarget(keypoints=keypoints, mask=mask, width=image.width, height=image.height, num_people=num_people, world_keypoints=world, hands=hands, face=face)
 
     def __call__(self, items: Sequence[TrackInput]) -> list[TrackResult | Rejected]:

@@ -227,6 +227,23 @@ def _world_frame(world: np.ndarray, min_confidence: float) -> np.ndarray | None:
     return np.stack([left, up, forward], 1)
 
 
+#: Keypoints a detector places on a face; on a person seen from behind it can only guess them.
+FACE_KEYPOINTS = [_KP[n] for n in ("nose", "left_eye", "right_eye")]
+
+
+def faces_away(keypoints: np.ndarray, world: np.ndarray | None, min_confidence: float) -> bool:
+    """Whether the person turns their back to the camera, as the body fit's start decides it: by
+    the detector's metric hips and shoulders where trusted (their front pointing away from the
+    camera), else by the left/right order of the shoulders in the image."""
+    frame = _world_frame(world, min_confidence) if world is not None else None
+    if frame is not None:
+        return bool(frame[2, 2] > 0)  # the body's forward axis points away from the camera (+z)
+    ls, rs = _KP["left_shoulder"], _KP["right_shoulder"]
+    if keypoints[ls, 2] > min_confidence and keypoints[rs, 2] > min_confidence:
+        return bool(keypoints[ls, 0] < keypoints[rs, 0])
+    return False
+
+
 def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The smallest rotation (axis-angle [3]) taking direction ``a`` onto ``b``."""
     a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)

@@ -240,8 +240,7 @@ def test_a_person_seen_from_behind_is_fitted_from_behind(anny_body, facing):
         truth = body(body.default_shape()[None], pose, torch.tensor([[0.0, 0.1, 3.2]]))
         uv = project(truth.keypoints, k)[0].numpy()
     keypoints = np.concatenate([uv, np.ones((len(KEYPOINT_NAMES), 1))], 1).astype(np.float32)
-    if facing == "back":
-        keypoints[[KEYPOINT_NAMES.index(n) for n in ("nose", "left_eye", "right_eye")], 2] = 0.0  # a detector does not see the face
+    face_points = [KEYPOINT_NAMES.index(n) for n in ("nose", "left_eye", "right_eye")]
     image = DecodedImage(rgb=np.zeros((height, width, 3), np.uint8), alpha=None, format="PNG", mode="RGB")
     result = TrackingOperator(config, body, detector=None)([TrackInput(image, [keypoints])])[0]
     assert isinstance(result, TrackResult), result
@@ -250,6 +249,36 @@ def test_a_person_seen_from_behind_is_fitted_from_behind(anny_body, facing):
     # Well inside its class, not at the threshold: the true angle is 0 (front) or 180 (back).
     assert abs(result.facing_angle_deg - (0.0 if facing == "front" else 180.0)) < 30.0, result.facing_angle_deg
     assert result.to_json()["facing"] == facing and result.quality["facing_angle_deg"] == pytest.approx(result.facing_angle_deg)
+    # The face keypoints a detector guesses on the back of a head are recorded unseen, not fitted.
+    assert (result.keypoints[face_points, 2] == 0).all() if facing == "back" else (result.keypoints[face_points, 2] == 1).all()
+
+
+def test_a_cut_out_seen_from_behind_is_found_over_grey(anny_body, detector):
+    """A quality-benchmark subject photographed from behind, as an RGBA cut-out over black: BlazePose
+    misses it there (the premise), the detector looks again over grey and finds it, and the
+    tracker fits it facing away."""
+    import math
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from subjects import Texture, make_subjects, render_truth
+
+    from avatar_ops.render.camera import orbit_cameras
+
+    subject = make_subjects(anny_body, 1)[0]
+    with torch.no_grad():
+        pelvis = anny_body(subject.shape, subject.pose).joints[0, 0]
+    camera = orbit_cameras(1, pelvis, 3.0, 0.0, 512, fov_deg=math.degrees(2 * math.atan(0.5 / 1.2)), start_deg=180.0)
+    rgb, mask = render_truth(anny_body, Texture(anny_body, subject), subject.shape, subject.pose, camera)
+    rgb = (rgb[0].numpy() * 255).round().astype(np.uint8)
+    alpha = mask[0].numpy().astype(np.uint8) * 255
+    assert detector(rgb) is None  # over black, BlazePose finds nobody
+    found = detector(rgb, alpha)
+    assert found is not None and found.num_people == 1
+    result = TrackingOperator(TrackingConfig(device="cpu"), anny_body, detector)([TrackInput(DecodedImage(rgb=rgb, alpha=alpha, format="PNG", mode="RGBA"))])[0]
+    assert isinstance(result, TrackResult), result
+    assert result.facing == "back", result.facing_angle_deg
 
 
 def test_lifting_finds_a_limbs_depth_from_its_foreshortening():
