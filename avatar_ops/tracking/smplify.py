@@ -24,12 +24,9 @@ from avatar_ops.body.base import KEYPOINT_NAMES, SMPLX_JOINT_NAMES, BodyModel, z
 from avatar_ops.render.camera import intrinsics_for, project
 from avatar_ops.types import FrozenConfig
 
-# SMPL-X body joints (1..21) prior weights: stiff spine/neck/head/collars/feet, free limbs. With a
-# spine, neck and head ten times softer, the silhouette term leant a subject photographed from
-# behind 0.35 rad back (its head 0.2 rad more) even with true keypoints and mask: a local minimum
-# with a worse mask IoU (0.86 against 0.90 with these weights).
+# SMPL-X body joints (1..21) prior weights: stiff spine/collars/feet, free limbs.
 _POSE_PRIOR = {
-    "spine": 40.0, "neck": 40.0, "head": 20.0, "collar": 8.0, "shoulder": 0.3, "elbow": 0.2,
+    "spine": 4.0, "neck": 4.0, "head": 2.0, "collar": 8.0, "shoulder": 0.3, "elbow": 0.2,
     "wrist": 2.0, "hip": 0.3, "knee": 0.2, "ankle": 2.0, "foot": 20.0,
 }  # fmt: skip
 _KP = {n: i for i, n in enumerate(KEYPOINT_NAMES)}
