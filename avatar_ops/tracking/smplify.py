@@ -296,17 +296,15 @@ def _initial_guess(body: BodyModel, targets: list[FitTarget], intrinsics: Tensor
         ls, rs, lh, rh = (_KP[n] for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip"))
         frame = _world_frame(t.world_keypoints, config.min_confidence) if t.world_keypoints is not None else None
         if frame is None:
-            facing = True
-            if conf[ls] and conf[rs]:
-                facing = kp[ls, 0] >= kp[rs, 0]
-            # Flip y-up/+z-facing body into the camera's y-down frame, facing the camera (-z).
-            flip = [math.pi, 0.0, 0.0] if facing else [0.0, 0.0, math.pi]
+            # Flip y-up/+z-facing body into the camera's y-down frame, facing the camera (-z) or
+            # turned away by the shoulders' order.
+            flip = [0.0, 0.0, math.pi] if faces_away(kp, None, config.min_confidence) else [math.pi, 0.0, 0.0]
             frame = axis_angle_to_matrix(torch.tensor(flip)).numpy()
             orient.append(flip)
             limbs.append({})
         else:
             orient.append(matrix_to_axis_angle(torch.from_numpy(frame.astype(np.float32))[None])[0].tolist())
-            away = faces_away(kp, t.world_keypoints, config.min_confidence)
+            away = frame[2, 2] > 0  # as faces_away decides it
             limbs.append({} if away else _pose_from_world(t.world_keypoints, frame, config.min_confidence))
         pairs = [(a, b) for a, b in ((ls, lh), (rs, rh), (ls, rs), (lh, rh)) if conf[a] and conf[b]]
         if pairs:

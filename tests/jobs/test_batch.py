@@ -20,9 +20,14 @@ from tests.inputs import bad_files
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {
-    # Hands and face off: the job's wiring is what these tests check (tests/test_parity.py runs them through both adapters).
+    # Hands and face off, and a short body fit (as tests/test_parity.py has it): the job's wiring is
+    # what these tests check (test_parity.py runs the hands and face through both adapters).
     "pipeline": {
-        "num_gaussians": 800, "fit": {"iters": 2, "resolution": 64}, "tracking": {"hands": {"enabled": False}, "face": {"enabled": False}},
+        "num_gaussians": 800, "fit": {"iters": 2, "resolution": 64},
+        "tracking": {
+            "hands": {"enabled": False}, "face": {"enabled": False}, "max_reprojection_error": 10.0,
+            "fit": {"orient_iters": 5, "keypoint_iters": 5, "iters": 5},
+        },
         "export": {"turntable_views": 2, "preview_size": 48, "animation_frames": 2, "glb_texture_size": 256, "glb_max_frames": 8},
     },
     "ray": {"num_cpus": 2},
