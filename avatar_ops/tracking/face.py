@@ -32,6 +32,7 @@ from pydantic import Field
 from avatar_ops.body.base import KEYPOINT_NAMES, SMPLX_JOINT_NAMES, BodyModel, zero_pose
 from avatar_ops.render.camera import project
 from avatar_ops.render.mesh import rasterize_mesh
+from avatar_ops.tracking.hands import square_crop
 from avatar_ops.types import FrozenConfig
 
 #: Face Mesh's landmark count (``refine_landmarks=False``).
@@ -199,9 +200,7 @@ def head_crop(keypoints: np.ndarray, width: int, height: int, config: FaceConfig
     spans.append(float(np.max(np.linalg.norm(points[:, None] - points[None], axis=-1))))
     centre = points.mean(0)
     half = max(config.crop_scale * max(spans), float(config.min_crop))
-    x0, y0 = max(int(round(centre[0] - half)), 0), max(int(round(centre[1] - half)), 0)
-    x1, y1 = min(int(round(centre[0] + half)), width), min(int(round(centre[1] + half)), height)
-    return (x0, y0, x1, y1) if x1 - x0 >= 16 and y1 - y0 >= 16 else None
+    return square_crop(centre, half, width, height)
 
 
 class FaceDetector:

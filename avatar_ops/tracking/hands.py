@@ -91,6 +91,12 @@ def wrist_crop(keypoints: np.ndarray, side: str, width: int, height: int, config
     forearm = wrist[:2] - elbow[:2]
     centre = wrist[:2] + 0.35 * forearm
     half = max(config.crop_scale * float(np.linalg.norm(forearm)), float(config.min_crop))
+    return square_crop(centre, half, width, height)
+
+
+def square_crop(centre: np.ndarray, half: float, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The square (x0, y0, x1, y1) of half side ``half`` about ``centre`` clipped to the photo, or
+    None when less than 16 pixels of it remain on either side."""
     x0, y0 = max(int(round(centre[0] - half)), 0), max(int(round(centre[1] - half)), 0)
     x1, y1 = min(int(round(centre[0] + half)), width), min(int(round(centre[1] + half)), height)
     return (x0, y0, x1, y1) if x1 - x0 >= 16 and y1 - y0 >= 16 else None
