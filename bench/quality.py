@@ -15,6 +15,9 @@ avatar, each reported on its own:
 * ``oracle``: the true body (shape, pose, camera-frame placement) and the true mask go straight
   to reconstruction and fitting: this isolates appearance completion and fitting.
 * ``keypoints``: the true 2D keypoints and mask go through the tracker (the body fit).
+* ``landmarks``: as ``keypoints``, with the true metric 3D landmarks (hip-centred, camera axes) in
+  place of the detector's: what the body fit makes of a perfect detector. Against ``photo``, it
+  tells the fit's own error from the detector's.
 * ``photo``: the RGBA cut-out goes through the detector and everything after it, exactly as
   ``generate`` does (the pipeline's own operators and default configs).
 
@@ -33,7 +36,7 @@ over the person's box (scikit-image, 11-pixel Gaussian window, sigma 1.5, as pub
 are computed), silhouette IoU. The representation ceiling is the true textured mesh sampled into
 the same number of Gaussians (true colours, the reconstruction's sizes), rendered the same way.
 
-    python bench/quality.py [--subjects 6] [--sets consistent hard] [--entries oracle keypoints photo]
+    python bench/quality.py [--subjects 6] [--sets consistent hard] [--entries oracle keypoints landmarks photo]
                             [--preset preview] [--size 320] [--photo-from front] [--save DIR]
 """
 
@@ -52,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-ENTRIES = ("oracle", "keypoints", "photo")
+ENTRIES = ("oracle", "keypoints", "landmarks", "photo")
 SETS = ("consistent", "hard")
 NEW_POSES = (("walk", 8), ("wave", 20))  # bundled clip, frame: mid-stride; the arm up
 N_VIEWS = 8
@@ -228,6 +231,7 @@ class Bench:
         import torch
         from subjects import Texture, posed_in_camera, render_truth
 
+        from avatar_ops.body.base import KEYPOINT_NAMES
         from avatar_ops.io.image import decode_image
         from avatar_ops.motion import load_motion
         from avatar_ops.render.camera import Cameras, project
@@ -271,6 +275,8 @@ class Bench:
         kp3 = true_c.keypoints[0]
         kp2 = project(kp3[None], k_photo[None])[0]
         keypoints = torch.cat([kp2, torch.ones(len(kp2), 1)], 1).numpy().astype(np.float32)
+        hips = [KEYPOINT_NAMES.index("left_hip"), KEYPOINT_NAMES.index("right_hip")]
+        landmarks = torch.cat([kp3 - kp3[hips].mean(0), torch.ones(len(kp3), 1)], 1).numpy().astype(np.float32)
 
         report = {"subject": subject.name, "back": subject.back, "photo_from": args.photo_from, "entries": {}}
         sheets = {}
@@ -279,7 +285,7 @@ class Bench:
         report["ceiling"] = self._evaluate(ceiling, None, truth, truth_masks, rel, poses, cams, view0, truth_input=(truth[0], truth_masks[0]))[0]
         for entry in args.entries:
             t0 = time.perf_counter()
-            avatar = self._build(entry, decoded, keypoints, subject, pose_c, transl_c, k_photo, rgb, photo_mask[0])
+            avatar = self._build(entry, decoded, keypoints, landmarks, subject, pose_c, transl_c, k_photo, photo_mask[0])
             seconds = time.perf_counter() - t0
             if isinstance(avatar, str):
                 report["entries"][entry] = {"status": "rejected", "reason": avatar}
@@ -302,14 +308,20 @@ class Bench:
             sheets[entry] = images
         return report, sheets, truth, poses
 
-    def _build(self, entry, decoded, keypoints, subject, pose_c, transl_c, k_photo, rgb, mask):
+    def _build(self, entry, decoded, keypoints, landmarks, subject, pose_c, transl_c, k_photo, mask):
         """The fitted avatar of one entry point, or the reason it was rejected."""
         import numpy as np
 
         from avatar_ops.stages.payload import Payload
-        from avatar_ops.tracking.operator import TrackResult
+        from avatar_ops.tracking.operator import TrackInput, TrackResult
+        from avatar_ops.types import Rejected
 
         payload = Payload(f"bench:{subject.name}", image=decoded, keypoints=[keypoints] if entry == "keypoints" else None)
+        if entry == "landmarks":  # the stage takes 2D keypoints only: the tracker is called here
+            track = self.pipeline.stages["track"].operator()([TrackInput(decoded, [keypoints], world_keypoints=[landmarks])])[0]
+            if isinstance(track, Rejected):
+                return f"rejected: {track.reason}: {track.detail}"
+            payload.track = track
         if entry == "oracle":
             track = TrackResult(
                 body_model=self.body.name, shape=subject.shape[0].numpy(), pose=pose_c[0].numpy(), transl=transl_c[0].numpy(),
@@ -317,7 +329,7 @@ class Bench:
                 projected_keypoints=keypoints[:, :2], mask=mask.numpy(), num_people=1, quality={},
             )  # fmt: skip
             payload.track = track
-        self.pipeline.run_payload(payload, stop_after="fit", start="reconstruct" if entry == "oracle" else "track")
+        self.pipeline.run_payload(payload, stop_after="fit", start="reconstruct" if entry in ("oracle", "landmarks") else "track")
         return payload.avatar if payload.pending else f"{payload.status}: {payload.reason}: {payload.detail}"
 
     def _evaluate(self, avatar, alignment, truth, truth_masks, rel, poses, cams, view0, truth_input):
@@ -393,7 +405,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subjects", type=int, default=6, help="subjects per set (default: 6; the bar asks for at least 4)")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS, help="subject sets (default: both)")
-    parser.add_argument("--entries", nargs="+", default=list(ENTRIES), choices=ENTRIES, help="entry points (default: all three)")
+    parser.add_argument("--entries", nargs="+", default=list(ENTRIES), choices=ENTRIES, help="entry points (default: all four)")
     parser.add_argument("--preset", default="preview", choices=PRESETS, help="quality preset (default: preview)")
     parser.add_argument("--size", type=int, default=None, help="side of the evaluation renders in pixels (default: the preset's supervision resolution, 256 for preview)")
     parser.add_argument("--photo-size", type=int, default=512, help="side of the input photo in pixels (default: 512)")

@@ -45,10 +45,15 @@ class TrackInput:
     Attributes:
         image: the decoded photo.
         keypoints: one [K, 3] array per person in KEYPOINT_NAMES order, or None to detect.
+        world_keypoints: with ``keypoints``, optionally each person's metric 3D landmarks, [K, 4]
+            (x, y, z metres about the hips' midpoint in camera-aligned axes, then a confidence),
+            as a 3D pose estimator gives them; the body fit uses them as it uses the detector's
+            (the facing, the start pose, a prior on each limb's direction). None: 2D only.
     """
 
     image: DecodedImage
     keypoints: list[np.ndarray] | None = None
+    world_keypoints: list[np.ndarray] | None = None
 
 
 @dataclasses.dataclass
@@ -220,12 +225,20 @@ class TrackingOperator(BodyOperator):
             index = main_subject(people, image.width, image.height)
             keypoints = people[index]
             num_people = len(people)
+            if item.world_keypoints is not None:
+                if len(item.world_keypoints) != len(people):
+                    raise ValueError(f"`world_keypoints` must hold one array per person in `keypoints` ({len(people)}), got {len(item.world_keypoints)}.")
+                world = np.asarray(item.world_keypoints[index], dtype=np.float32)
+                if world.shape != (len(KEYPOINT_NAMES), 4) or not np.isfinite(world).all():
+                    raise ValueError(f"`world_keypoints` must be finite [{len(KEYPOINT_NAMES)}, 4] arrays (x, y, z, confidence), got shape {world.shape}.")
             if image.alpha is not None:
                 mask = image.alpha > 127
             elif self.detector is not None:
                 components = self.detector.people_components(image.rgb)
                 mask = components[0] if components else None
         else:
+            if item.world_keypoints is not None:
+                raise ValueError("`world_keypoints` are the supplied `keypoints`' metric landmarks: pass `keypoints` with them.")
             if self.detector is None:
                 raise ValueError("This TrackingOperator has no detector: pass `keypoints` with every item.")
             detection = self.detector(image.rgb, image.alpha)

@@ -363,6 +363,37 @@ def test_supplied_keypoints_follow_a_photo_downscaled_at_decode(anny_body):
     np.testing.assert_array_equal(target.keypoints[:, 2], kp[:, 2])  # confidences untouched
 
 
+
+def test_supplied_metric_landmarks_reach_the_body_fit(anny_body):
+    """A caller with a 3D pose estimator passes each person's metric landmarks with the 2D
+    keypoints: they go to the fit as the detector's would (here they say the person turns their
+    back, so the face keypoints, guesses on the back of a head, are set unseen); malformed ones are
+    refused, naming the argument."""
+    from avatar_ops.tracking.smplify import FACE_KEYPOINTS
+
+    rgb = np.zeros((300, 200, 3), np.uint8)
+    alpha = np.zeros((300, 200), np.uint8)
+    alpha[50:250, 60:140] = 255
+    image = DecodedImage(rgb=rgb, alpha=alpha, format="PNG", mode="RGBA")
+    kp = np.zeros((len(KEYPOINT_NAMES), 3), np.float32)
+    kp[:, 0], kp[:, 1], kp[:, 2] = 100.0, np.linspace(60.0, 240.0, len(KEYPOINT_NAMES)), 0.9
+    world = np.zeros((len(KEYPOINT_NAMES), 4), np.float32)
+    world[:, 3] = 0.9
+    # Camera-aligned axes (y down): the person's left at -x, so their front points away (+z).
+    for name, xyz in (("left_shoulder", (-0.2, -0.5, 0)), ("right_shoulder", (0.2, -0.5, 0)), ("left_hip", (-0.1, 0, 0)), ("right_hip", (0.1, 0, 0))):
+        world[KEYPOINT_NAMES.index(name), :3] = xyz
+    operator = TrackingOperator(TrackingConfig(), anny_body, None)
+    plain = operator._prepare(TrackInput(image, [kp]))
+    assert plain.world_keypoints is None and (plain.keypoints[FACE_KEYPOINTS, 2] == 0.9).all()
+    target = operator._prepare(TrackInput(image, [kp], world_keypoints=[world]))
+    np.testing.assert_array_equal(target.world_keypoints, world)
+    assert (target.keypoints[FACE_KEYPOINTS, 2] == 0).all()
+    for bad, message in (([world[:, :3]], "world_keypoints"), ([world, world], "one array per person"), ([np.full_like(world, np.nan)], "finite")):
+        with pytest.raises(ValueError, match=message):
+            operator._prepare(TrackInput(image, [kp], world_keypoints=bad))
+    with pytest.raises(ValueError, match="pass `keypoints` with them"):
+        operator._prepare(TrackInput(image, None, world_keypoints=[world]))
+
 def _cutouts(detector, samples_dir) -> dict[str, Image.Image]:
     """Each sample's person as an RGBA cut-out (the detector's own mask), cropped to it."""
     cuts = {}
