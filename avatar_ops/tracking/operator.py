@@ -228,9 +228,11 @@ class TrackingOperator(BodyOperator):
             if item.world_keypoints is not None:
                 if len(item.world_keypoints) != len(people):
                     raise ValueError(f"`world_keypoints` must hold one array per person in `keypoints` ({len(people)}), got {len(item.world_keypoints)}.")
-                world = np.asarray(item.world_keypoints[index], dtype=np.float32)
-                if world.shape != (len(KEYPOINT_NAMES), 4) or not np.isfinite(world).all():
-                    raise ValueError(f"`world_keypoints` must be finite [{len(KEYPOINT_NAMES)}, 4] arrays (x, y, z, confidence), got shape {world.shape}.")
+                landmarks = [np.asarray(w, dtype=np.float32) for w in item.world_keypoints]
+                for w in landmarks:  # every person's, not only the main subject's: malformed input is refused
+                    if w.shape != (len(KEYPOINT_NAMES), 4) or not np.isfinite(w).all():
+                        raise ValueError(f"`world_keypoints` must be finite [{len(KEYPOINT_NAMES)}, 4] arrays (x, y, z, confidence), got shape {w.shape}.")
+                world = landmarks[index]
             if image.alpha is not None:
                 mask = image.alpha > 127
             elif self.detector is not None:

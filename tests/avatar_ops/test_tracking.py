@@ -391,6 +391,11 @@ def test_supplied_metric_landmarks_reach_the_body_fit(anny_body):
     for bad, message in (([world[:, :3]], "world_keypoints"), ([world, world], "one array per person"), ([np.full_like(world, np.nan)], "finite")):
         with pytest.raises(ValueError, match=message):
             operator._prepare(TrackInput(image, [kp], world_keypoints=bad))
+    # A second, smaller person's malformed landmarks are refused too, though the fit is the main subject's.
+    small = kp.copy()
+    small[:, 0], small[:, 1] = 30.0, np.linspace(100.0, 160.0, len(KEYPOINT_NAMES))
+    with pytest.raises(ValueError, match="world_keypoints"):
+        operator._prepare(TrackInput(image, [kp, small], world_keypoints=[world, world[:, :3]]))
     with pytest.raises(ValueError, match="pass `keypoints` with them"):
         operator._prepare(TrackInput(image, None, world_keypoints=[world]))
 
