@@ -7,6 +7,8 @@ Losses (per photo, summed over the batch):
         projected vertex (one-sided chamfer), also in units of the person's height
     priors: per-joint weighted L2 on the SMPL-X pose, hinge joint limits for knees and elbows,
         L2 on the shape latent
+    limb directions: each limb towards the detector's metric direction (or its lifted one); a leg
+        the photo does not show (a half-body photo) straight down, left alone by the silhouette
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from avatar_ops.body.base import KEYPOINT_NAMES, SMPLX_JOINT_NAMES, BodyModel, zero_pose
+from avatar_ops.body.parts import Part, body_parts
 from avatar_ops.render.camera import intrinsics_for, project
 from avatar_ops.types import FrozenConfig
 
@@ -48,6 +51,8 @@ LIMBS = [
 # lifted arms the hoodie sample's animated hands went 21 CIELAB units from its skin (bound 20).
 # Legs alone fit the 12 bench subjects as well as all limbs (PA-MPJPE 38.3 mm against 42.0).
 LIFTED = (False,) * 4 + (True,) * 6 + (False,) * 3
+# Each side's thigh and shin in LIMBS.
+HANGING = {"left": (4, 5), "right": (6, 7)}
 
 
 class BodyFitConfig(FrozenConfig):
@@ -66,6 +71,7 @@ class BodyFitConfig(FrozenConfig):
     pose_prior_weight: float = Field(0.0001, ge=0, description="Weight of the pose prior.")
     joint_limit_weight: float = Field(1.0, ge=0, description="Weight of the knee/elbow hinge limits.")
     shape_prior_weight: float = Field(0.0002, ge=0, description="Weight of the shape prior.")
+    hanging_weight: float = Field(1.0, ge=0, description="Weight of the prior holding a leg the photo does not show (neither its knee nor its ankle confident: a half-body photo) straight down in the camera's frame, as a person stands; the silhouette terms leave such a leg alone (the mask's lower edge there is the frame's).")
     direction_weight: float = Field(0.02, ge=0, description="Weight of the prior pulling each limb's 3D direction towards its lifted direction (see `lift_limbs`).")
     lift_limbs: bool = Field(True, description="Lift each leg and foot out of the image plane by its foreshortening: the direction that puts the limb's far keypoint on its camera ray at the limb's fitted length (of the two such directions, the one on the side of the image plane the detector's metric landmarks put it; without those landmarks, a limb is not lifted). Off: the detector's metric directions themselves.")
     coverage_weight: float = Field(1.3, ge=0, description="Weight of mask coverage relative to the outside-the-mask term (clothing makes masks wider than bodies).")
@@ -198,14 +204,15 @@ class _Silhouette:
         self.valid = torch.tensor(has, device=device)
         self.size = torch.tensor([[t.width, t.height] for t in targets], device=device, dtype=torch.float32)
 
-    def loss(self, uv: Tensor, norm: Tensor, coverage_weight: float) -> Tensor:
-        """uv: [B, N, 2] projected vertices (full-res pixels); norm: [B] person heights -> [B]."""
-        inside = (uv[..., 0] >= 0) & (uv[..., 1] >= 0) & (uv[..., 0] < self.size[:, None, 0]) & (uv[..., 1] < self.size[:, None, 1])
+    def loss(self, uv: Tensor, norm: Tensor, coverage_weight: float, used: Tensor) -> Tensor:
+        """uv: [B, N, 2] projected vertices (full-res pixels); norm: [B] person heights; used:
+        [B, N] bool, the vertices the silhouette may move -> [B]."""
+        inside = (uv[..., 0] >= 0) & (uv[..., 1] >= 0) & (uv[..., 0] < self.size[:, None, 0]) & (uv[..., 1] < self.size[:, None, 1]) & used
         small = uv * self.scale[:, None, None]
         grid = small / self.res * 2 - 1
         outside = torch.nn.functional.grid_sample(self.dt, grid[:, :, None], align_corners=False, padding_mode="border")[:, 0, :, 0]
         outside = (outside * inside).sum(1) / inside.sum(1).clamp(min=1) / self.scale
-        dist = torch.cdist(self.pixels, small)  # [B, P, N]
+        dist = torch.cdist(self.pixels, small).masked_fill(~used[:, None], float("inf"))  # [B, P, N]
         cover = dist.min(dim=2).values.mean(1) / self.scale
         return torch.where(self.valid, (outside + coverage_weight * cover) / norm, torch.zeros_like(norm))
 
@@ -374,6 +381,18 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: BodyFitConfig 
     lifted_limb = torch.tensor(LIFTED, device=device)
     n_vert = body.num_vertices
     vert_idx = torch.randperm(n_vert, generator=generator)[: config.silhouette_vertices].to(device)
+    # Legs the photo does not show (neither knee nor ankle confident): they hang straight down, and
+    # the silhouette leaves them alone (fitted to a mask the frame cuts off, they fold away behind
+    # the body, out of the photo's sight).
+    parts = body_parts(body)
+    hanging_side = torch.stack([(kp[:, [_KP[f"{side}_knee"], _KP[f"{side}_ankle"]], 2] <= config.min_confidence).all(1) for side in ("left", "right")], 1)  # [B, 2]
+    leg = torch.isin(parts.part[vert_idx], torch.tensor([int(Part.THIGH), int(Part.SHIN), int(Part.FOOT)], device=device))
+    hung = torch.stack([leg & (parts.side[vert_idx] == 1), leg & (parts.side[vert_idx] == -1)])  # [2, N]
+    sil_used = ~((hanging_side[:, :, None] & hung[None]).any(1))  # [B, N]
+    hanging = torch.zeros(batch, len(LIMBS), dtype=torch.bool, device=device)
+    hanging[:, list(HANGING["left"])] = hanging_side[:, :1]
+    hanging[:, list(HANGING["right"])] = hanging_side[:, 1:]
+    down = torch.tensor([0.0, 1.0, 0.0], device=device)  # the camera's y points down
     prior_w = _pose_prior_weights(device)
 
     orient0, transl0, limbs0 = _initial_guess(body, targets, intrinsics, config)
@@ -411,18 +430,20 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: BodyFitConfig 
         else:
             target, weight = limb_dir, limb_conf
         cosine = (fitted * target).sum(-1) / fitted.norm(dim=-1).clamp(min=1e-6)
+        weight = weight * ~hanging
         direction = (weight * (1 - cosine)).sum(1) / weight.sum(1).clamp(min=1e-3)
+        hang = (hanging * (1 - (fitted * down).sum(-1) / fitted.norm(dim=-1).clamp(min=1e-6))).sum(1)
         r = ((uv - kp[..., :2]) ** 2).sum(-1) / norm[:, None] ** 2
         s2 = config.keypoint_sigma**2
         w = conf if free else conf * torch.isin(torch.arange(conf.shape[1], device=device), torch.tensor(TORSO, device=device))
         loss = (w * s2 * r / (r + s2)).sum(1) / w.sum(1).clamp(min=1e-3)
-        loss = loss + config.direction_weight * direction
+        loss = loss + config.direction_weight * direction + config.hanging_weight * hang
         if free:
             loss = loss + config.pose_prior_weight * (prior_w[None, 1:22, None] * body_pose**2).sum((1, 2))
             loss = loss + config.joint_limit_weight * 0.01 * joint_limit_penalty(pose)
             loss = loss + config.shape_prior_weight * (latent**2).sum(1)
         if stage == "full":
-            loss = loss + config.silhouette_weight * 0.1 * sil.loss(project(vertices, intrinsics), norm, config.coverage_weight)
+            loss = loss + config.silhouette_weight * 0.1 * sil.loss(project(vertices, intrinsics), norm, config.coverage_weight, sil_used)
         return loss.sum(), uv
 
     for stage, params, iters, lr in (

@@ -48,6 +48,30 @@ def test_real_photo_fit_quality(sample_results, name, batching):
     json.dumps(result.to_json())  # serialisable
 
 
+def _leg_angles_from_down(body, result: TrackResult) -> list[float]:
+    """Degrees between the camera's down direction and each thigh and shin of a fitted body."""
+    with torch.no_grad():
+        kp = body(torch.from_numpy(result.shape)[None], torch.from_numpy(result.pose)[None], torch.from_numpy(result.transl)[None]).keypoints[0].numpy()
+    at = lambda name: kp[KEYPOINT_NAMES.index(name)]
+    angles = []
+    for side in ("left", "right"):
+        for a, b in (("hip", "knee"), ("knee", "ankle")):
+            d = at(f"{side}_{b}") - at(f"{side}_{a}")
+            angles.append(float(np.degrees(np.arccos(np.clip(d[1] / np.linalg.norm(d), -1, 1)))))
+    return angles
+
+
+def test_legs_a_photo_does_not_show_stand_straight(sample_results, anny_body):
+    """The elder's photo ends at her hips: her legs hang straight down under her (it was taken
+    upright), not folded away behind her where the silhouette cannot see them (65 to 80 degrees
+    off before). The seated woman's legs, which her photo shows, keep their bend."""
+    for batching in ("batch", "alone"):
+        elder = sample_results[batching]["elder_fruit_halfbody.jpg"]
+        assert max(_leg_angles_from_down(anny_body, elder)) < 10.0, batching
+        dress = sample_results[batching]["woman_dress_fullbody.jpg"]
+        assert max(_leg_angles_from_down(anny_body, dress)) > 30.0, batching
+
+
 def test_same_input_same_fit(tracker, samples_dir):
     item = TrackInput(decode_image((samples_dir / PHOTOS[2]).read_bytes()))
     first, second = tracker([item])[0], tracker([item])[0]
