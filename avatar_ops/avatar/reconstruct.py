@@ -269,7 +269,16 @@ class ReconstructionOperator(BodyOperator):
             return Rejected("reconstruction_failed", f"only {int(seen.sum())} of {len(part)} surface points are visible in the photo")
         uv = project(pushed[None], k[None])[0]
         fine_face, fine_bary = self.fine.locate(layout.face, layout.bary)
-        colour = (fine_bary[:, :, None] * completion.colour[self.fine.faces[fine_face]]).sum(1)
+        # Hands and feet are completed by rules of their own (skin; shoes): where they meet a
+        # limb, a Gaussian takes the colour of its own side of the seam only, so a shin does not
+        # take in the shoe's colour, nor a hand the cuff's.
+        corners_fine = self.fine.faces[fine_face]
+        corner_part = self.fine_parts.part[corners_fine]
+        ends = torch.tensor([int(Part.HAND), int(Part.FOOT)], device=dev)
+        own = (torch.isin(corner_part, ends) == torch.isin(part, ends)[:, None]) | (corner_part == part[:, None])
+        weight = torch.where(own.any(1, keepdim=True), fine_bary * own, fine_bary)
+        weight = weight / weight.sum(1, keepdim=True).clamp(min=1e-12)
+        colour = (weight[:, :, None] * completion.colour[corners_fine]).sum(1)
         colour = torch.where(seen[:, None], _sample_image(image, uv), colour)
         colour = self._patch_colours(colour, seen, points, verts, k, image, mask, track)
         avatar = layout.avatar(body.name, shape[0], colour, pose[0], transl[0], k, track.width, track.height, cfg.initial_opacity, offset)
