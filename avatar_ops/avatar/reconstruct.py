@@ -273,9 +273,8 @@ class ReconstructionOperator(BodyOperator):
         # limb, a Gaussian takes the colour of its own side of the seam only, so a shin does not
         # take in the shoe's colour, nor a hand the cuff's.
         corners_fine = self.fine.faces[fine_face]
-        corner_part = self.fine_parts.part[corners_fine]
         ends = torch.tensor([int(Part.HAND), int(Part.FOOT)], device=dev)
-        own = (torch.isin(corner_part, ends) == torch.isin(part, ends)[:, None]) | (corner_part == part[:, None])
+        own = torch.isin(self.fine_parts.part[corners_fine], ends) == torch.isin(part, ends)[:, None]
         weight = torch.where(own.any(1, keepdim=True), fine_bary * own, fine_bary)
         weight = weight / weight.sum(1, keepdim=True).clamp(min=1e-12)
         colour = (weight[:, :, None] * completion.colour[corners_fine]).sum(1)
