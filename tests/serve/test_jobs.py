@@ -161,10 +161,19 @@ def test_tenants_neither_read_nor_detect_each_others_avatars(gated):
     assert mine.json()["links"]["self"] == f"{PREFIX}/v1/avatars/{avatar}"  # links keep the route prefix
 
 
-def test_the_lease_lets_one_replica_run_an_attempt(tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_the_lease_lets_one_replica_run_an_attempt(tmp_path, request, where):
+    """On a local disk the lease is an O_EXCL create; on S3 a conditional write (If-None-Match),
+    through a real S3 endpoint (moto's server on loopback)."""
     from serve.store import AvatarStore, tenant_id
 
-    a, b = AvatarStore(str(tmp_path)), AvatarStore(str(tmp_path))
+    root = str(tmp_path)
+    if where == "s3":
+        import boto3
+
+        boto3.client("s3", endpoint_url=request.getfixturevalue("s3_endpoint")).create_bucket(Bucket="leases")
+        root = "s3://leases/api"
+    a, b = AvatarStore(root), AvatarStore(root)
     tenant, avatar = tenant_id("k"), "0123456789abcdef0123"
     assert a.take_lease(tenant, avatar, 1, "replica-a") is True
     assert b.take_lease(tenant, avatar, 1, "replica-b") is False
