@@ -48,6 +48,8 @@ _EXIT_STATUS = pytest.StashKey[int]()
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """A real S3 API (moto's server) on loopback, with credentials in the environment."""
+    import s3fs
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -56,6 +58,9 @@ def s3_endpoint():
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    # fsspec keeps S3 filesystems by their arguments, not by the environment: one made for an
+    # earlier module's server would still point at it.
+    s3fs.S3FileSystem.clear_instance_cache()
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -68,6 +73,7 @@ def s3_endpoint():
     yield endpoint
     proc.terminate()
     proc.wait(timeout=10)
+    s3fs.S3FileSystem.clear_instance_cache()
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
