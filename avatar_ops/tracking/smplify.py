@@ -3,8 +3,8 @@ person silhouette, in a pinhole camera (OpenCV axes: x right, y down, z forward)
 
 Losses (per photo, summed over the batch):
     keypoints: confidence-weighted Geman-McClure reprojection error, in units of the person's height
-    silhouette: projected vertices outside the mask (distance transform) + mask pixels far from any
-        projected vertex (one-sided chamfer), also in units of the person's height
+    silhouette: the mesh's soft silhouette (every triangle splats its projected area) against the
+        person mask, both blurred: squared area error, in units of the mask's area
     priors: per-joint weighted L2 on the SMPL-X pose, hinge joint limits for knees and elbows,
         L2 on the shape latent
     limb directions: each limb towards the detector's metric direction (or its lifted one); a leg
@@ -19,7 +19,6 @@ import math
 import numpy as np
 import torch
 from pydantic import Field
-from scipy import ndimage
 from torch import Tensor
 
 from avatar_ops.body.base import KEYPOINT_NAMES, SMPLX_JOINT_NAMES, BodyModel, zero_pose
@@ -61,23 +60,22 @@ class BodyFitConfig(FrozenConfig):
     focal_factor: float = Field(1.2, gt=0, description="Focal length in pixels as a multiple of the image's longer side (about 45 degrees field of view).")
     orient_iters: int = Field(30, ge=0, description="Iterations fitting only orientation and translation to the torso.")
     keypoint_iters: int = Field(40, ge=0, description="Iterations fitting pose and shape to the keypoints alone (cheap: no vertices).")
-    iters: int = Field(70, ge=1, description="Iterations fitting everything, silhouette included.")
+    iters: int = Field(50, ge=1, description="Iterations fitting everything, silhouette included (the silhouette term is the fit's costliest: every triangle of the mesh, every iteration).")
     init_elbow_flexion: float = Field(1.0, ge=0, le=2.5, description="Elbow flexion (radians) of the starting pose, so forearms can fold either way.")
     lr: float = Field(0.05, gt=0, description="Adam learning rate of the orientation and keypoint stages.")
     full_lr: float = Field(0.03, gt=0, description="Adam learning rate of the last stage (silhouette included): lower, so the fit settles in its basin.")
     keypoint_sigma: float = Field(0.2, gt=0, description="Geman-McClure scale of the keypoint residual, in person heights.")
     min_confidence: float = Field(0.3, ge=0, le=1, description="Keypoints below this confidence are ignored.")
-    silhouette_weight: float = Field(2.0, ge=0, description="Weight of the silhouette terms (the mask holds clothing and hair too: a heavier weight bends the body to fill them).")
+    silhouette_weight: float = Field(0.03, ge=0, description="Weight of the silhouette term (squared area error between the mesh's soft silhouette and the mask, in units of the mask's area). A silhouette does not tell depth: a heavier weight bends limbs out of the image plane to match it, and the mask holds clothing and hair too.")
     pose_prior_weight: float = Field(0.0001, ge=0, description="Weight of the pose prior.")
     joint_limit_weight: float = Field(1.0, ge=0, description="Weight of the knee/elbow hinge limits.")
     shape_prior_weight: float = Field(0.0002, ge=0, description="Weight of the shape prior.")
     hanging_weight: float = Field(1.0, ge=0, description="Weight of the prior holding a leg the photo does not show (neither its knee nor its ankle confident: a half-body photo) straight down in the camera's frame, as a person stands; the silhouette terms leave such a leg alone (the mask's lower edge there is the frame's).")
     direction_weight: float = Field(0.02, ge=0, description="Weight of the prior pulling each limb's 3D direction towards its lifted direction (see `lift_limbs`).")
     lift_limbs: bool = Field(True, description="Lift each leg and foot out of the image plane by its foreshortening: the direction that puts the limb's far keypoint on its camera ray at the limb's fitted length (of the two such directions, the one on the side of the image plane the detector's metric landmarks put it; without those landmarks, a limb is not lifted). Off: the detector's metric directions themselves.")
-    coverage_weight: float = Field(1.3, ge=0, description="Weight of mask coverage relative to the outside-the-mask term (clothing makes masks wider than bodies).")
-    mask_resolution: int = Field(192, ge=32, description="Longer side of the mask used by the silhouette terms.")
-    silhouette_vertices: int = Field(1000, ge=100, description="Body vertices sampled for the silhouette terms.")
-    silhouette_pixels: int = Field(250, ge=50, description="Mask pixels sampled for the coverage term.")
+    coverage_weight: float = Field(1.0, ge=0, description="Weight of mask the body leaves uncovered, relative to body outside the mask (below 1, loose clothing and hair pull the body out less).")
+    mask_resolution: int = Field(192, ge=32, description="Longer side of the mask used by the silhouette term.")
+    silhouette_blur: float = Field(1.0, gt=0, le=8, description="Standard deviation (pixels at mask_resolution) of the Gaussian blur applied to both silhouettes: it widens the term's reach beyond the silhouette's edge.")
 
 
 @dataclasses.dataclass
@@ -170,51 +168,77 @@ def joint_limit_penalty(pose: Tensor) -> Tensor:
 
 
 class _Silhouette:
-    """Precomputed per-photo silhouette data at a reduced resolution."""
+    """The soft silhouette of the whole mesh against each photo's mask, at a reduced resolution.
 
-    def __init__(self, targets: list[FitTarget], config: BodyFitConfig, device, seed: int) -> None:
-        dts, samples, scales, has = [], [], [], []
+    Every triangle splats its projected area bilinearly at its centroid: half its absolute area,
+    since a closed surface covers each pixel it projects onto as often from behind as in front.
+    The covered fraction (the density, at most 1: where a limb crosses the torso it is 2) and the
+    mask's area fraction are blurred alike, so the loss is least where the two silhouettes agree,
+    not where the body is shrunk or grown by a margin (a body matching the mask exactly scores 0).
+    """
+
+    def __init__(self, targets: list[FitTarget], config: BodyFitConfig, device) -> None:
         res = config.mask_resolution
+        masks, scales = [], []
         for t in targets:
             scale = res / max(t.width, t.height)
             h, w = max(1, round(t.height * scale)), max(1, round(t.width * scale))
-            dt = np.zeros((res, res), np.float32)
-            pix = np.zeros((config.silhouette_pixels, 2), np.float32)
+            m = np.zeros((res, res), np.float32)
             if t.mask is not None and t.mask.any():
-                small = np.asarray(
-                    torch.nn.functional.interpolate(torch.from_numpy(t.mask.astype(np.float32))[None, None], size=(h, w), mode="area")[0, 0] > 0.5
-                )
-                dt[:h, :w] = ndimage.distance_transform_edt(~small)
-                ys, xs = np.nonzero(small)
-                if len(ys):
-                    # Seeded per photo, so a photo's fit does not depend on its batch neighbours.
-                    generator = torch.Generator().manual_seed(seed)
-                    pick = torch.randint(len(ys), (config.silhouette_pixels,), generator=generator).numpy()
-                    pix = np.stack([xs[pick], ys[pick]], 1).astype(np.float32) + 0.5
-                has.append(len(ys) > 0)
-            else:
-                has.append(False)
-            dts.append(dt)
-            samples.append(pix)
+                full = torch.from_numpy(t.mask.astype(np.float32))[None, None]
+                m[:h, :w] = torch.nn.functional.interpolate(full, size=(h, w), mode="area")[0, 0].numpy()
+            masks.append(m)
             scales.append(scale)
         self.res = res
-        self.dt = torch.from_numpy(np.stack(dts))[:, None].to(device)  # [B, 1, R, R]
-        self.pixels = torch.from_numpy(np.stack(samples)).to(device)  # [B, P, 2] reduced pixels
+        radius = max(1, math.ceil(3 * config.silhouette_blur))
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+        kernel = torch.exp(-0.5 * (x / config.silhouette_blur) ** 2)
+        self.kernel = kernel / kernel.sum()
+        mask = torch.from_numpy(np.stack(masks)).to(device)  # [B, R, R]
+        self.area = mask.sum((1, 2))
+        self.valid = self.area > 0
+        self.area = self.area.clamp(min=1.0)
+        self.mask = self._blur(mask)
         self.scale = torch.tensor(scales, device=device)  # [B]
-        self.valid = torch.tensor(has, device=device)
-        self.size = torch.tensor([[t.width, t.height] for t in targets], device=device, dtype=torch.float32)
 
-    def loss(self, uv: Tensor, norm: Tensor, coverage_weight: float, used: Tensor) -> Tensor:
-        """uv: [B, N, 2] projected vertices (full-res pixels); norm: [B] person heights; used:
-        [B, N] bool, the vertices the silhouette may move -> [B]."""
-        inside = (uv[..., 0] >= 0) & (uv[..., 1] >= 0) & (uv[..., 0] < self.size[:, None, 0]) & (uv[..., 1] < self.size[:, None, 1]) & used
+    def _blur(self, image: Tensor) -> Tensor:
+        """[B, R, R] -> [B, R, R], separable Gaussian, zero outside (as sums of shifted copies:
+        on the CPU a one-channel conv2d's backward costs several times as much)."""
+        r = (len(self.kernel) - 1) // 2
+        res = image.shape[-1]
+        x = torch.nn.functional.pad(image, (r, r, 0, 0))
+        x = sum(w * x[..., i : i + res] for i, w in enumerate(self.kernel.tolist()))
+        x = torch.nn.functional.pad(x, (0, 0, r, r))
+        return sum(w * x[:, i : i + res] for i, w in enumerate(self.kernel.tolist()))
+
+    def coverage(self, uv: Tensor, faces: Tensor, used: Tensor) -> Tensor:
+        """[B, V, 2] projected vertices (full-res pixels), [F, 3] faces, [B, F] float weights ->
+        [B, R, R] the fraction of each reduced pixel the triangles cover (unblurred)."""
+        res = self.res
         small = uv * self.scale[:, None, None]
-        grid = small / self.res * 2 - 1
-        outside = torch.nn.functional.grid_sample(self.dt, grid[:, :, None], align_corners=False, padding_mode="border")[:, 0, :, 0]
-        outside = (outside * inside).sum(1) / inside.sum(1).clamp(min=1) / self.scale
-        dist = torch.cdist(self.pixels, small).masked_fill(~used[:, None], float("inf"))  # [B, P, N]
-        cover = dist.min(dim=2).values.mean(1) / self.scale
-        return torch.where(self.valid, (outside + coverage_weight * cover) / norm, torch.zeros_like(norm))
+        # index_select, not indexing: the backward of indexing accumulates in parallel on the CPU
+        # in no fixed order, and the fit amplifies the last bits into a different pose.
+        tri = torch.stack([small.index_select(1, faces[:, c]) for c in range(3)], 2)  # [B, F, 3, 2] reduced pixels
+        e1, e2 = tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0]
+        area = 0.25 * (e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]).abs() * used
+        centre = tri.mean(2) - 0.5  # pixel i's centre is at i + 0.5
+        base = centre.floor()
+        frac = centre - base
+        density = torch.zeros(uv.shape[0], res * res, device=uv.device, dtype=uv.dtype)
+        for dx in (0, 1):
+            for dy in (0, 1):
+                xi, yi = base[..., 0].long() + dx, base[..., 1].long() + dy
+                weight = (frac[..., 0] if dx else 1 - frac[..., 0]) * (frac[..., 1] if dy else 1 - frac[..., 1])
+                inside = (xi >= 0) & (xi < res) & (yi >= 0) & (yi < res)
+                density = density.scatter_add(1, (yi * res + xi).clamp(0, res * res - 1), area * weight * inside)
+        return density.view(-1, res, res).clamp(max=1.0)
+
+    def loss(self, uv: Tensor, faces: Tensor, used: Tensor, coverage_weight: float) -> Tensor:
+        """uv: [B, V, 2] every projected vertex (full-res pixels); faces: [F, 3]; used: [B, F]
+        float, the triangles the silhouette may move -> [B]."""
+        diff = self._blur(self.coverage(uv, faces, used)) - self.mask
+        err = (torch.relu(diff) ** 2 + coverage_weight * torch.relu(-diff) ** 2).sum((1, 2)) / self.area
+        return torch.where(self.valid, err, torch.zeros_like(err))
 
 
 def _world_frame(world: np.ndarray, min_confidence: float) -> np.ndarray | None:
@@ -330,20 +354,18 @@ def _initial_guess(body: BodyModel, targets: list[FitTarget], intrinsics: Tensor
     return torch.tensor(orient, device=device, dtype=torch.float32), torch.tensor(transl, device=device, dtype=torch.float32), limbs
 
 
-def fit_bodies(body: BodyModel, targets: list[FitTarget], config: BodyFitConfig | None = None, seed: int = 0) -> FitResult:
+def fit_bodies(body: BodyModel, targets: list[FitTarget], config: BodyFitConfig | None = None) -> FitResult:
     """Fit ``body`` to every target at once.
 
     Args:
         body: a :class:`BodyModel`.
         targets: one :class:`FitTarget` per photo (batched together).
         config: weights and schedule.
-        seed: seeds the silhouette pixel sampling, so the same input gives the same fit.
     """
     if not targets:
         raise ValueError("`targets` must hold at least one photo, got an empty list.")
     config = config or BodyFitConfig()
     device = body.device
-    generator = torch.Generator().manual_seed(seed)
     batch = len(targets)
     intrinsics = torch.from_numpy(np.stack([intrinsics_for(t.width, t.height, config.focal_factor) for t in targets])).to(device)
     kp = torch.from_numpy(np.stack([t.keypoints for t in targets])).to(device)
@@ -353,7 +375,7 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: BodyFitConfig 
         pts = kp[b, conf[b] > 0, :2]
         heights.append(float(pts[:, 1].max() - pts[:, 1].min()) if len(pts) > 1 else float(targets[b].height))
     norm = torch.tensor(heights, device=device).clamp(min=16.0)
-    sil = _Silhouette(targets, config, device, seed)
+    sil = _Silhouette(targets, config, device)
     # Limb directions from the detector's metric landmarks, where it gave them: [B, L, 3], [B, L].
     ends = torch.zeros(2, len(LIMBS), len(KEYPOINT_NAMES), device=device)  # averaging weights of each segment's two ends
     for i, (head, tail) in enumerate(LIMBS):
@@ -379,16 +401,16 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: BodyFitConfig 
     lift_conf = (torch.einsum("lk,bk->bl", needs, 1 - seen) == 0).float()
     observed_tail = torch.einsum("lk,bkc->blc", ends[1], kp[..., :2])
     lifted_limb = torch.tensor(LIFTED, device=device)
-    n_vert = body.num_vertices
-    vert_idx = torch.randperm(n_vert, generator=generator)[: config.silhouette_vertices].to(device)
+    every_vertex = torch.arange(body.num_vertices, device=device)
+    faces = body.faces.to(device)
     # Legs the photo does not show (neither knee nor ankle confident): they hang straight down, and
     # the silhouette leaves them alone (fitted to a mask the frame cuts off, they fold away behind
     # the body, out of the photo's sight).
     parts = body_parts(body)
     hanging_side = torch.stack([(kp[:, [_KP[f"{side}_knee"], _KP[f"{side}_ankle"]], 2] <= config.min_confidence).all(1) for side in ("left", "right")], 1)  # [B, 2]
-    leg = torch.isin(parts.part[vert_idx], torch.tensor([int(Part.THIGH), int(Part.SHIN), int(Part.FOOT)], device=device))
-    hung = torch.stack([leg & (parts.side[vert_idx] == 1), leg & (parts.side[vert_idx] == -1)])  # [2, N]
-    sil_used = ~((hanging_side[:, :, None] & hung[None]).any(1))  # [B, N]
+    leg = torch.isin(parts.part, torch.tensor([int(Part.THIGH), int(Part.SHIN), int(Part.FOOT)], device=device))
+    hung = torch.stack([leg & (parts.side == 1), leg & (parts.side == -1)])  # [2, V]
+    sil_used = (~((hanging_side[:, :, None] & hung[None]).any(1)))[:, faces].all(2).float()  # [B, F] triangles
     hanging = torch.zeros(batch, len(LIMBS), dtype=torch.bool, device=device)
     hanging[:, list(HANGING["left"])] = hanging_side[:, :1]
     hanging[:, list(HANGING["right"])] = hanging_side[:, 1:]
@@ -411,7 +433,7 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: BodyFitConfig 
     latent = body.latent_from_shape(body.default_shape()).expand(batch, -1).clone().requires_grad_(True)
     rest = zero_pose(batch, device=device)[:, 22:]
 
-    no_vertices = vert_idx[:0]
+    no_vertices = every_vertex[:0]
 
     def evaluate(stage: str) -> tuple[Tensor, Tensor]:
         """stage: ``orient`` (torso keypoints, orientation and translation), ``keypoints``
@@ -419,7 +441,7 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: BodyFitConfig 
         free = stage != "orient"
         pose = torch.cat([orient[:, None], body_pose if free else body_pose.detach(), rest], dim=1)
         shape = body.shape_from_latent(latent if free else latent.detach())
-        keypoints, vertices = body.keypoints_and_vertices(shape, pose, transl, vert_idx if stage == "full" else no_vertices)
+        keypoints, vertices = body.keypoints_and_vertices(shape, pose, transl, every_vertex if stage == "full" else no_vertices)
         uv = project(keypoints, intrinsics)
         head, tail = torch.einsum("lk,bkc->blc", ends[0], keypoints), torch.einsum("lk,bkc->blc", ends[1], keypoints)
         fitted = tail - head
@@ -443,7 +465,7 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: BodyFitConfig 
             loss = loss + config.joint_limit_weight * 0.01 * joint_limit_penalty(pose)
             loss = loss + config.shape_prior_weight * (latent**2).sum(1)
         if stage == "full":
-            loss = loss + config.silhouette_weight * 0.1 * sil.loss(project(vertices, intrinsics), norm, config.coverage_weight, sil_used)
+            loss = loss + config.silhouette_weight * sil.loss(project(vertices, intrinsics), faces, sil_used, config.coverage_weight)
         return loss.sum(), uv
 
     for stage, params, iters, lr in (
