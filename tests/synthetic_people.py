@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from avatar_ops.avatar.visibility import vertex_normals
 from avatar_ops.body.base import BodyModel, zero_pose
 from avatar_ops.body.parts import Part, body_parts, head_regions
 from avatar_ops.body.rotations import axis_angle_to_matrix
@@ -45,7 +46,7 @@ def painted(body: BodyModel, with_print: bool = True) -> tuple[torch.Tensor, tor
         rest = body(body.default_shape()[None], zero_pose(1))
     v = rest.vertices[0]
     parts = body_parts(body)
-    _face, scalp = head_regions(v, rest.keypoints[0], parts)
+    _face, scalp = head_regions(v, rest.keypoints[0], parts, vertex_normals(v, body.faces))
     colour = torch.tensor(SKIN).expand(len(v), 3).clone()
     p = parts.part
     colour[(p == Part.TORSO) | (p == Part.UPPER_ARM)] = torch.tensor(SHIRT)

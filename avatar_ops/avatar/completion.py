@@ -36,7 +36,7 @@ from scipy import ndimage, sparse
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from avatar_ops.avatar.visibility import MeshView
+from avatar_ops.avatar.visibility import MeshView, vertex_normals
 from avatar_ops.body.parts import BodyParts, Part, head_regions
 from avatar_ops.types import FrozenConfig
 
@@ -448,7 +448,7 @@ def complete(obs: Observation, rest_vertices: Tensor, rest_keypoints: Tensor, pa
     cleaned = clean_prints(colour, known, faces_np, config, obs.occluded.cpu().numpy() & ~known)
 
     # Skin from the face (its eyes and mouth taken out); hair from the scalp.
-    face, scalp = (m.cpu().numpy() for m in head_regions(rest_vertices, rest_keypoints, parts))
+    face, scalp = (m.cpu().numpy() for m in head_regions(rest_vertices, rest_keypoints, parts, vertex_normals(rest_vertices, faces)))
     skin = _median_of(cleaned, weight, np.nonzero(face & known)[0], 5)
     if skin is None:
         skin = _median_of(colour, weight, np.nonzero((part == Part.HAND) & known)[0], 5)
@@ -546,7 +546,8 @@ def complete(obs: Observation, rest_vertices: Tensor, rest_keypoints: Tensor, pa
                 if has.any():
                     out[targets[has]] = _rowwise_weighted_medoid(cleaned[donors], w[has])
 
-    # Head: scalp -> hair; an unseen side of the face -> the other side's, else skin.
+    # Head: scalp -> hair; an unseen side of the face -> the other side's, else skin; the mouth's
+    # inner surface -> skin.
     # (After the rings: the nape is neck, but hair may cover it. How far is not in a front view:
     # the nape runs from the hair's colour at its top to the ring's below.)
     nape = scalp & (part == Part.NECK) & ~known
@@ -565,6 +566,7 @@ def complete(obs: Observation, rest_vertices: Tensor, rest_keypoints: Tensor, pa
             near = dist < 0.01
             value[near] = colour[seen_face[idx[near]]]
         out[unseen_face] = value
+    out[(part == Part.HEAD) & ~face & ~scalp & ~known] = skin  # the mouth's inner surface
     filled |= (part == Part.HEAD)
 
     # Hands: skin.

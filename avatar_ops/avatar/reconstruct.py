@@ -339,7 +339,7 @@ class ReconstructionOperator(BodyOperator):
         cfg, parts = self.config, self.parts
         max_offset, _ = cfg.limits.per_gaussian(parts.part)
         visible, facing = view.visible(verts, normals, cfg.depth_tolerance)
-        face, scalp = head_regions(rest, rest_keypoints, parts)
+        face, scalp = head_regions(rest, rest_keypoints, parts, vertex_normals(rest, self.body.faces))
         pushable = ~face & (parts.part != Part.HAND)
         outline = visible & (facing.abs() < cfg.outline_cosine) & pushable
         # Walk out along the normal while the projection stays inside the mask.

@@ -81,15 +81,18 @@ def body_parts(body: BodyModel) -> BodyParts:
     return BodyParts(part=JOINT_PARTS.to(joint.device)[joint], side=JOINT_SIDES.to(joint.device)[joint], joint=joint)
 
 
-def head_regions(rest_vertices: Tensor, rest_keypoints: Tensor, parts: BodyParts) -> tuple[Tensor, Tensor]:
+def head_regions(rest_vertices: Tensor, rest_keypoints: Tensor, parts: BodyParts, rest_normals: Tensor) -> tuple[Tensor, Tensor]:
     """[V] bool masks of the face and of the scalp, in the rest pose (canonical frame, y up,
     facing +z). The face is the head in front of the ears and below the brows' top; the scalp is
-    the rest of the head and the nape (the upper back of the neck), which hair covers.
+    the rest of the head and the nape (the upper back of the neck), which hair covers. The mouth's
+    inner surface (behind the face, between the ears, facing forwards) is neither: seen through parted lips, it
+    would read the lips' colour as the hair's.
 
     Args:
         rest_vertices: [V, 3] the shaped body in its rest pose.
         rest_keypoints: [K, 3] its :data:`KEYPOINT_NAMES` keypoints.
         parts: the body's :func:`body_parts`.
+        rest_normals: [V, 3] the rest pose's unit vertex normals.
     """
     kp = {n: rest_keypoints[i] for i, n in enumerate(KEYPOINT_NAMES)}
     ears_z = 0.5 * (kp["left_ear"][2] + kp["right_ear"][2])
@@ -97,9 +100,10 @@ def head_regions(rest_vertices: Tensor, rest_keypoints: Tensor, parts: BodyParts
     eye_gap = (kp["left_eye"] - kp["right_eye"]).norm()
     # The brows sit about two thirds of the eye gap above the eyes; the hairline a little higher.
     top = eyes_y + 0.7 * eye_gap
-    _x, y, z = rest_vertices.unbind(-1)
+    x, y, z = rest_vertices.unbind(-1)
     head = parts.part == Part.HEAD
     neck = parts.part == Part.NECK
     face = (head | neck) & (z > ears_z + 0.3 * eye_gap) & (y < top)
     nape = neck & (z < ears_z) & (y > eyes_y - 1.6 * eye_gap)
-    return face, (head & ~face) | nape
+    mouth = (head | neck) & (z <= ears_z + 0.3 * eye_gap) & (y < eyes_y) & (x.abs() < 0.6 * eye_gap) & (rest_normals[:, 2] > 0.5)
+    return face, ((head & ~face) | nape) & ~mouth

@@ -348,7 +348,7 @@ def test_the_hair_is_read_where_the_seen_scalp_takes_in_forehead(anny_body):
     front = normals[:, 2] > 0.3
     with torch.no_grad():
         keypoints = anny_body(anny_body.default_shape()[None], zero_pose(1)).keypoints[0]
-    _face, scalp = head_regions(rest, keypoints, parts)
+    _face, scalp = head_regions(rest, keypoints, parts, normals)
     seen_scalp = torch.nonzero(scalp & front)[:, 0]
     low = seen_scalp[rest[seen_scalp, 1] <= rest[seen_scalp, 1].quantile(0.6)]
     colours[low] = torch.tensor(SKIN)  # 60% of the seen scalp shows forehead
@@ -360,6 +360,45 @@ def test_the_hair_is_read_where_the_seen_scalp_takes_in_forehead(anny_body):
     assert delta_e(out.hair, HAIR) < 10, out.hair  # the whole seen scalp's median is the skin's
     back_of_head = scalp & (normals[:, 2] < -0.5)
     assert delta_e(out.colour[back_of_head].median(0).values, HAIR) < 10
+
+
+def test_the_mouth_seen_through_parted_lips_is_not_hair(anny_body):
+    """Through parted lips a front view sees the mouth's inner surface, behind the face and facing
+    the camera, and reads the lips' colour there. Grey hair is nearer the skin than red lips are, so
+    the scalp's colours farthest from the skin would be the lips' if the mouth counted as scalp (a
+    quality-bench subject's grey hair came out maroon): the hair stays grey, behind the head too."""
+    from avatar_ops.avatar.completion import CompletionConfig, Observation, complete, head_regions
+    from avatar_ops.avatar.visibility import vertex_normals
+    from avatar_ops.body.base import zero_pose
+    from avatar_ops.render.mesh import rasterize_mesh
+
+    grey, lips = (0.55, 0.55, 0.55), (0.65, 0.18, 0.2)
+    colours, rest = painted(anny_body, with_print=False)
+    parts = body_parts(anny_body)
+    normals = vertex_normals(rest, anny_body.faces)
+    with torch.no_grad():
+        keypoints = anny_body(anny_body.default_shape()[None], zero_pose(1)).keypoints[0]
+    _face, scalp = head_regions(rest, keypoints, parts, normals)
+    colours[(colours - torch.tensor(HAIR)).norm(dim=1) < 1e-6] = torch.tensor(grey)
+    # The surface a front camera sees (its z-buffer), and what faces it but hides inside the head.
+    eyes = 0.5 * (keypoints[KEYPOINT_NAMES.index("left_eye")] + keypoints[KEYPOINT_NAMES.index("right_eye")])
+    camera = torch.stack([-(rest[:, 0] - eyes[0]), -(rest[:, 1] - eyes[1]), 1.0 - rest[:, 2]], 1)  # 1 m in front of the eyes
+    k = torch.tensor([[2000.0, 0, 256], [0, 2000.0, 256], [0, 0, 1]])
+    frags = rasterize_mesh(camera, anny_body.faces, k, 512, 512)
+    uv = (camera[:, :2] / camera[:, 2:] * 2000 + 256).floor().long().clamp(0, 511)
+    seen = camera[:, 2] <= frags.depth[uv[:, 1], uv[:, 0]] + 0.005
+    head = (parts.part == Part.HEAD) | (parts.part == Part.NECK)
+    inside = head & (normals[:, 2] > 0.5) & ~seen & (rest[:, 1] < eyes[1])
+    assert inside.sum() >= 20, int(inside.sum())  # the mouth's inner surface
+    colours[inside] = torch.tensor(lips)
+    known = (seen & (normals[:, 2] > 0.3)) | inside  # a front view, the lips parted
+    obs = Observation(
+        colour=colours, weight=known.float(), known=known, facing=normals[:, 2], pixel=rest[:, :2] * torch.tensor([500.0, -500.0]), occluded=torch.zeros_like(known)
+    )  # fmt: skip
+    out = complete(obs, rest, keypoints, parts, anny_body.faces, CompletionConfig())
+    assert delta_e(out.hair, grey) < 10, out.hair
+    back_of_head = scalp & (normals[:, 2] < -0.5)
+    assert delta_e(out.colour[back_of_head].median(0).values, grey) < 10
 
 
 def test_a_hem_finer_than_the_body_mesh_comes_round_whole(anny_body, reconstructor):
