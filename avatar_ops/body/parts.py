@@ -85,8 +85,8 @@ def head_regions(rest_vertices: Tensor, rest_keypoints: Tensor, parts: BodyParts
     """[V] bool masks of the face and of the scalp, in the rest pose (canonical frame, y up,
     facing +z). The face is the head in front of the ears and below the brows' top; the scalp is
     the rest of the head and the nape (the upper back of the neck), which hair covers. The mouth's
-    inner surface (behind the face, between the ears, facing forwards) is neither: seen through parted lips, it
-    would read the lips' colour as the hair's.
+    inner surface (behind the face, between the ears, facing forwards) is neither: seen through
+    parted lips, it would read the lips' colour as the hair's.
 
     Args:
         rest_vertices: [V, 3] the shaped body in its rest pose.
@@ -105,5 +105,5 @@ def head_regions(rest_vertices: Tensor, rest_keypoints: Tensor, parts: BodyParts
     neck = parts.part == Part.NECK
     face = (head | neck) & (z > ears_z + 0.3 * eye_gap) & (y < top)
     nape = neck & (z < ears_z) & (y > eyes_y - 1.6 * eye_gap)
-    mouth = (head | neck) & (z <= ears_z + 0.3 * eye_gap) & (y < eyes_y) & (x.abs() < 0.6 * eye_gap) & (rest_normals[:, 2] > 0.5)
+    mouth = (head | neck) & ~face & (y < eyes_y) & (x.abs() < 0.6 * eye_gap) & (rest_normals[:, 2] > 0.5)
     return face, ((head & ~face) | nape) & ~mouth

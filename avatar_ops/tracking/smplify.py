@@ -195,9 +195,9 @@ class _Silhouette:
         kernel = torch.exp(-0.5 * (x / config.silhouette_blur) ** 2)
         self.kernel = kernel / kernel.sum()
         mask = torch.from_numpy(np.stack(masks)).to(device)  # [B, R, R]
-        self.area = mask.sum((1, 2))
-        self.valid = self.area > 0
-        self.area = self.area.clamp(min=1.0)
+        area = mask.sum((1, 2))
+        self.valid = area > 0
+        self.area = area.clamp(min=1.0)
         self.mask = self._blur(mask)
         self.scale = torch.tensor(scales, device=device)  # [B]
 
