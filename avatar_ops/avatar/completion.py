@@ -37,7 +37,7 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 
 from avatar_ops.avatar.visibility import MeshView, vertex_normals
-from avatar_ops.body.parts import BodyParts, Part, head_regions
+from avatar_ops.body.parts import BodyParts, Part, head_regions, joined_parts
 from avatar_ops.types import FrozenConfig
 
 RING_PARTS = (Part.TORSO, Part.NECK, Part.UPPER_ARM, Part.FOREARM, Part.THIGH, Part.SHIN, Part.FOOT)
@@ -59,6 +59,7 @@ class CompletionConfig(FrozenConfig):
     zbuffer_side: int = Field(768, ge=32, description="Longer side (pixels) of the mesh z-buffer the photo is read through.")
     edge_margin: float = Field(0.012, ge=0, le=0.2, description="Band along the mask's edge left unread, as a fraction of the person's height in the image.")
     foot_edge_margin: float = Field(0.004, ge=0, le=0.2, description="The same band on the feet, narrower: a shoe's sole is a band a centimetre or two high along the mask's bottom edge, and the wider band would leave it unread.")
+    occlusion_depth: float | None = Field(0.03, gt=0, description="A step in the body's depth (metres) between neighbouring z-buffer pixels larger than this is an inner outline (a limb in front of the body), and the band along it is left unread like the mask's edge; None: inner outlines are read.")
     min_edge_pixels: float = Field(1.5, ge=0, description="The least width of either band, in z-buffer pixels.")
     known_weight: float = Field(0.3, gt=0, description="Pixel weight (pixels x facing) below which a seen vertex's colour is read at its own pixel rather than from the pixels around it.")
     seen_facing: float = Field(0.15, ge=0, lt=1, description="Vertices facing the camera less squarely than this cosine are left to the completion.")
@@ -131,18 +132,55 @@ def rings(rest: Tensor, part: Tensor, side: Tensor, ring_width: float = RING_WID
     return ring, torch.where(on_rings, key, torch.full_like(key, -1))
 
 
+def occlusion_edges(view: MeshView, depth_jump: float, face_part: Tensor | None = None) -> Tensor:
+    """[H, W] bool: z-buffer pixels on either side of an inner outline, where one part of the body
+    lies in front of another (an arm across the chest): neighbouring body pixels more than
+    ``depth_jump`` metres apart in depth or, given ``face_part`` ([F] each face's part), of two
+    parts not joined on the body (a hand flat on the belly is within any depth step of it). The
+    photo's pixels there mix the two, and a body fitted a little off puts one's colour on the
+    other."""
+    body = view.frags.mask
+    depth = torch.where(body, view.frags.depth, torch.full_like(view.frags.depth, float("nan")))
+    joined = joined_parts(body.device) if face_part is not None else None
+    part = face_part[view.frags.face.clamp(min=0)] if face_part is not None else None
+    edges = torch.zeros_like(body)
+    for a, b in (((slice(None), slice(1, None)), (slice(None), slice(None, -1))), ((slice(1, None), slice(None)), (slice(None, -1), slice(None)))):
+        step = (depth[a] - depth[b]).abs() > depth_jump  # NaN (off the body) compares False
+        if joined is not None:
+            step |= body[a] & body[b] & ~joined[part[a], part[b]]
+        edges[a] |= step
+        edges[b] |= step
+    return edges
+
+
 def readable(mask: Tensor, view: MeshView, config: CompletionConfig, face_part: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Where the photo may be read onto the body, in the view's z-buffer pixels: inside the mask
     and on the body's own silhouette, at least the margin from the edge of either (edge pixels
-    mix in the background, and a mask that bleeds or a body a little too large would let it in).
+    mix in the background, and a mask that bleeds or a body a little too large would let it in),
+    and from the body's inner outlines (:func:`occlusion_edges`: an arm in front of the torso).
     With ``face_part`` ([F] part of each mesh face), pixels on the feet take the feet's narrower
-    margin. Returns the [H, W] bool map and each pixel's distance to the nearer edge."""
+    margin. Returns the [H, W] bool map and each pixel's distance to the nearest edge."""
+    valid, dist, _ = _read_bands(mask, view, config, face_part)
+    return valid, dist
+
+
+def _read_bands(mask: Tensor, view: MeshView, config: CompletionConfig, face_part: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`readable`'s map and distances, and [H, W] bool the band along the inner outlines
+    alone (unread, but the surface there is in view: it faces the camera beside a limb in front)."""
     inside, dist = edge_distance(mask, view.width, view.height)
     body = view.frags.mask
     body_dist = torch.from_numpy(ndimage.distance_transform_edt(body.cpu().numpy())).to(dist)
     dist = torch.minimum(torch.where(inside, dist, torch.zeros_like(dist)), body_dist)
     on_foot = body & (face_part[view.frags.face.clamp(min=0)] == Part.FOOT) if face_part is not None else torch.zeros_like(body)
-    return dist > part_margins(inside, config, on_foot), dist
+    margin = part_margins(inside, config, on_foot)
+    inner_band = torch.zeros_like(body)
+    if config.occlusion_depth is not None:
+        inner = occlusion_edges(view, config.occlusion_depth, face_part)
+        if inner.any():
+            inner_dist = torch.from_numpy(ndimage.distance_transform_edt(~inner.cpu().numpy())).to(dist)
+            inner_band = (dist > margin) & (inner_dist <= margin)
+            dist = torch.minimum(dist, inner_dist)
+    return dist > margin, dist, inner_band
 
 
 def part_margins(small_mask: Tensor, config: CompletionConfig, foot: Tensor) -> Tensor:
@@ -159,7 +197,10 @@ def margin_pixels(small_mask: Tensor, config: CompletionConfig, foot: bool = Fal
     return max(config.min_edge_pixels, (config.foot_edge_margin if foot else config.edge_margin) * person)
 
 
-def observe(image: Tensor, mask: Tensor, view: MeshView, vertices: Tensor, faces: Tensor, normals: Tensor, config: CompletionConfig, face_part: Tensor | None = None) -> Observation:
+def observe(
+    image: Tensor, mask: Tensor, view: MeshView, vertices: Tensor, faces: Tensor, normals: Tensor, config: CompletionConfig, face_part: Tensor | None = None,
+    vertex_part: Tensor | None = None,
+) -> Observation:
     """Read the photo onto the mesh's vertices through its z-buffer.
 
     Args:
@@ -168,10 +209,12 @@ def observe(image: Tensor, mask: Tensor, view: MeshView, vertices: Tensor, faces
         view: the posed mesh's :func:`~avatar_ops.avatar.visibility.mesh_view` in the photo's camera.
         vertices: [V, 3] camera-frame posed vertices; normals [V, 3] their unit normals.
         face_part: [F] each face's part (the feet's margin is narrower); None: one margin.
+        vertex_part: [V] each vertex's part: with ``face_part``, a vertex is seen only where the
+            z-buffer shows its own part (not a hand or forearm lying on it).
     """
     w, h = view.width, view.height
     small = torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=(h, w), mode="area")[0].permute(1, 2, 0)
-    valid, _ = readable(mask, view, config, face_part)
+    valid, _, inner_band = _read_bands(mask, view, config, face_part)
     frags = view.frags
     v0, v1, v2 = (vertices[faces[:, i]] for i in range(3))
     face_normal = torch.linalg.cross(v1 - v0, v2 - v0, dim=-1)
@@ -188,13 +231,16 @@ def observe(image: Tensor, mask: Tensor, view: MeshView, vertices: Tensor, faces
     observed = summed / total.clamp(min=1e-9)[:, None]
     # Seen: the z-buffer shows the vertex, squarely enough, inside the mask away from its edge.
     visible, facing = view.visible(vertices, normals)
+    if face_part is not None and vertex_part is not None:
+        visible &= view.shows_own_part(vertices, vertex_part, face_part)
     pixel = view.pixels(vertices)
     px = pixel.floor().long()
     px = torch.stack([px[:, 0].clamp(0, w - 1), px[:, 1].clamp(0, h - 1)], 1)
     known = visible & (facing >= config.seen_facing) & valid[px[:, 1], px[:, 0]]
     # Occluded: facing the camera, in the frame, but behind other surface (an arm held in front).
     in_frame = (pixel[:, 0] >= 0) & (pixel[:, 0] < w) & (pixel[:, 1] >= 0) & (pixel[:, 1] < h)
-    occluded = ~visible & (facing >= config.seen_facing) & in_frame & frags.mask[px[:, 1], px[:, 0]]
+    # Those in the band along an inner outline count as occluded too: a limb in front hides them.
+    occluded = (~visible | inner_band[px[:, 1], px[:, 0]]) & (facing >= config.seen_facing) & in_frame & frags.mask[px[:, 1], px[:, 0]]
     # A seen vertex no pixel reached (a small triangle's corner) reads the photo where it projects.
     sampled = small[px[:, 1], px[:, 0]]
     observed = torch.where((total > config.known_weight)[:, None], observed, sampled)

@@ -230,7 +230,7 @@ class ReconstructionOperator(BodyOperator):
             mask = torch.nn.functional.interpolate(view.frags.mask.float()[None, None], size=(track.height, track.width), mode="nearest")[0, 0] > 0.5
         image = torch.from_numpy(rgb).to(dev).float() / 255.0
         fine_verts = self.fine.vertices(verts)
-        obs = observe(image, mask, self.fine.view(view), fine_verts, self.fine.faces, vertex_normals(fine_verts, self.fine.faces), cfg.completion, self.fine_face_part)
+        obs = observe(image, mask, self.fine.view(view), fine_verts, self.fine.faces, vertex_normals(fine_verts, self.fine.faces), cfg.completion, self.fine_face_part, self.fine_parts.part)
         placed_vertex = self._placed(track.keypoints, self.fine_parts)
         obs = dataclasses.replace(obs, known=obs.known & placed_vertex, weight=torch.where(placed_vertex, obs.weight, torch.zeros_like(obs.weight)))
         completion = complete(obs, self.fine.vertices(rest.vertices[0]), rest.keypoints[0], self.fine_parts, self.fine.faces, cfg.completion)
@@ -246,6 +246,7 @@ class ReconstructionOperator(BodyOperator):
         normal = frames[0, layout.face, :, 2]
         points = (layout.bary[:, :, None] * verts[corners]).sum(1)
         visible, facing = view.visible(points, normal, cfg.depth_tolerance)
+        visible &= view.shows_own_part(points, part, self.face_parts.part)
         if has_mask:
             vertex_offset, growth = self._push_out(verts, normals, view, mask, rest.vertices[0], rest.keypoints[0], k, track)
         else:

@@ -58,6 +58,15 @@ class MeshView:
         slack = tolerance + 1.5 * pixel_size / facing.abs().clamp(min=0.2)
         return inside & (facing > min_facing) & (points[:, 2] <= depth + slack), facing
 
+    def shows_own_part(self, points: Tensor, part: Tensor, face_part: Tensor) -> Tensor:
+        """[N] bool: the z-buffer at each point's pixel shows a face of the point's own ``part``
+        ([N]; ``face_part`` [F] each mesh face's). A hand lying flat on the belly is within any
+        depth tolerance of it, so depth alone counts the belly under it as seen, and it would
+        read the hand's skin."""
+        px = self.pixels(points).floor().long()
+        face = self.frags.face[px[:, 1].clamp(0, self.height - 1), px[:, 0].clamp(0, self.width - 1)]
+        return (face >= 0) & (face_part[face.clamp(min=0)] == part)
+
 
 def mesh_view(vertices: Tensor, faces: Tensor, K: Tensor, width: int, height: int, side: int) -> MeshView:
     """Rasterise [V, 3] camera-frame vertices (OpenCV axes, intrinsics [3, 3] for a ``width`` x

@@ -31,6 +31,21 @@ class Part(enum.IntEnum):
 
 PART_NAMES: tuple[str, ...] = tuple(p.name.lower() for p in Part)
 
+# Parts whose surfaces meet along a seam on the body. Any other two side by side in an image are
+# one in front of the other (a hand on the belly), however near in depth.
+JOINED_PARTS = (
+    (Part.HEAD, Part.NECK), (Part.NECK, Part.TORSO), (Part.TORSO, Part.UPPER_ARM), (Part.UPPER_ARM, Part.FOREARM),
+    (Part.FOREARM, Part.HAND), (Part.TORSO, Part.THIGH), (Part.THIGH, Part.SHIN), (Part.SHIN, Part.FOOT),
+)  # fmt: skip
+
+
+def joined_parts(device: torch.device | str = "cpu") -> Tensor:
+    """[P, P] bool: parts joined on the body (:data:`JOINED_PARTS`, either way round), and each part with itself."""
+    out = torch.eye(len(Part), dtype=torch.bool, device=device)
+    for a, b in JOINED_PARTS:
+        out[a, b] = out[b, a] = True
+    return out
+
 # The part each SMPL-X joint's bones make (fingers are the hand; toes the foot).
 _JOINT_PART = {
     "pelvis": Part.TORSO, "spine1": Part.TORSO, "spine2": Part.TORSO, "spine3": Part.TORSO, "collar": Part.TORSO,

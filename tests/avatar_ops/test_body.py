@@ -148,3 +148,19 @@ def test_rotation_round_trip_at_every_angle():
     rot = axis_angle_to_matrix(axes * angles[:, None])
     back = axis_angle_to_matrix(matrix_to_axis_angle(rot))
     torch.testing.assert_close(back, rot, atol=1e-5, rtol=0)
+
+
+def test_parts_that_meet_on_the_mesh_are_joined(anny_body):
+    """Two parts side by side in an image that are not joined on the body are one in front of the
+    other (the completion leaves their shared outline unread): every pair of parts the mesh joins
+    along an edge must be in ``JOINED_PARTS``, or every seam would count as an outline. (On Anny's
+    mesh; the tests' synthetic SMPL-X stand-in is not a body's surface.)"""
+    from avatar_ops.body.parts import Part, body_parts, joined_parts
+
+    body = anny_body
+    part = body_parts(body).part
+    edges = torch.cat([body.faces[:, [0, 1]], body.faces[:, [1, 2]], body.faces[:, [2, 0]]])
+    a, b = part[edges[:, 0]], part[edges[:, 1]]
+    meeting = {(Part(int(x)).name, Part(int(y)).name) for x, y in torch.stack([a, b], 1)[a != b].tolist()}
+    joined = joined_parts()
+    assert meeting and all(bool(joined[Part[x], Part[y]]) for x, y in meeting), sorted(meeting)
