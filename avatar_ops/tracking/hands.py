@@ -10,8 +10,10 @@ hand) to its 21 landmarks.
 * **Fit.** With the body fixed but for the arm of a seen hand, Adam over each tracked hand's wrist
   and finger rotations (SMPL-X axis-angle, world-aligned T-pose axes), and its shoulder and elbow
   (held near the body fit, and to the detected elbow and wrist keypoints, so a hand can reach where
-  it was seen when the body fit's wrist fell short): the landmarks' reprojection error in units of
-  the hand's size in the photo (wrist to middle knuckle), the direction of each finger segment against
+  it was seen when the body fit's wrist fell short, and each upper arm's and forearm's slope out of
+  the image plane held at the body fit's, which the hand's 2D landmarks cannot tell): the
+  landmarks' reprojection error in units of the hand's size in the photo (wrist to middle
+  knuckle), the direction of each finger segment against
   MediaPipe's metric hand landmarks (which tell a finger bent towards the camera from one bent
   away), and a hand prior: a weak pull to the flat hand, hinge joints (the middle and end joints of
   the four fingers bend one way, about the axis across the palm, with at most
@@ -42,6 +44,8 @@ HAND_POSE_JOINTS = {
 #: that the hand reaches the wrist MediaPipe Hands found where the body fit's wrist fell short.
 ARM_JOINTS = {side: [SMPLX_JOINT_NAMES.index(f"{side}_shoulder"), SMPLX_JOINT_NAMES.index(f"{side}_elbow")] for side in HAND_SIDES}
 _ARM_KEYPOINTS = {side: [KEYPOINT_NAMES.index(f"{side}_elbow"), KEYPOINT_NAMES.index(f"{side}_wrist")] for side in HAND_SIDES}
+#: Each side's shoulder, elbow and wrist keypoints: the upper arm and forearm segments.
+_ARM_CHAIN = {side: [KEYPOINT_NAMES.index(f"{side}_{joint}") for joint in ("shoulder", "elbow", "wrist")] for side in HAND_SIDES}
 #: Finger segments between consecutive landmarks (parent, child), 20 per hand.
 SEGMENTS = [(0 if k == 0 else 1 + 4 * f + k - 1, 1 + 4 * f + k) for f in range(5) for k in range(4)]
 _MIDDLE_MCP = HAND_LANDMARK_NAMES.index("middle_mcp")
@@ -64,6 +68,7 @@ class HandConfig(FrozenConfig):
     max_error: float = Field(0.35, gt=0, description="Mean landmark error, in hand sizes, above which a hand counts as not tracked.")
     fit_arms: bool = Field(True, description="Also turn the shoulder and elbow of a seen hand (held near the body fit and to the detected elbow and wrist), so the hand can reach where it was seen.")
     arm_prior_weight: float = Field(0.1, ge=0, description="Weight holding the shoulder and elbow near the body fit's pose (per squared radian).")
+    arm_depth_weight: float = Field(1.0, ge=0, description="Weight holding each upper arm's and forearm's slope out of the image plane (the depth component of its unit direction) at the body fit's, which the body fit took from the metric landmarks: the hand's 2D landmarks alone cannot tell an arm bent towards the camera from one bent away, and without this term they flip it.")
 
 
 @dataclasses.dataclass
@@ -228,13 +233,24 @@ def fit_hands(
         keypoints, vertices = body.keypoints_and_vertices(shape.to(device), full, transl.to(device), vertex_index)
         landmarks = body.hand_landmarks(vertices)  # [B, 2, 21, 3]
         uv = project(landmarks.reshape(batch, -1, 3), intrinsics.to(device)).reshape(batch, 2, -1, 2)
-        return full, landmarks, uv, project(keypoints, intrinsics.to(device))
+        return full, landmarks, uv, keypoints
+
+    def arm_slopes(keypoints: torch.Tensor) -> torch.Tensor:
+        """[B, K, 3] camera-frame keypoints -> [B, 2, 2] the depth component of each side's upper
+        arm and forearm unit directions."""
+        chain = torch.stack([keypoints[:, _ARM_CHAIN[s]] for s in HAND_SIDES], 1)  # [B, 2, 3, 3]
+        segment = chain[:, :, 1:] - chain[:, :, :-1]
+        return segment[..., 2] / segment.norm(dim=-1).clamp(min=1e-6)
 
     if config.iters and bool(present.any()):
+        if arms:
+            with torch.no_grad():
+                base_slopes = arm_slopes(body.keypoints_and_vertices(shape.to(device), base, transl.to(device), vertex_index[:0])[0])
         optimiser = torch.optim.Adam([delta], lr=config.lr)
         for _ in range(config.iters):
             optimiser.zero_grad()
-            full, landmarks, uv, keypoints_uv = evaluate(delta)
+            full, landmarks, uv, keypoints = evaluate(delta)
+            keypoints_uv = project(keypoints, intrinsics.to(device))
             conf = target[..., 2]
             residual = ((uv - target[..., :2]).norm(dim=-1) / size[..., None]) ** 2
             reprojection = (conf * residual).sum(-1) / conf.sum(-1).clamp(min=1e-6)  # [B, 2]
@@ -248,6 +264,7 @@ def fit_hands(
                 arm_residual = ((fitted_arm - arm_target[..., :2]).norm(dim=-1) / size[..., None]) ** 2
                 per_hand = per_hand + (arm_target[..., 2] * arm_residual).sum(-1) / arm_target[..., 2].sum(-1).clamp(min=1e-6)
                 per_hand = per_hand + config.arm_prior_weight * (delta[:, :, :first_hand] ** 2).sum((-1, -2))
+                per_hand = per_hand + config.arm_depth_weight * ((arm_slopes(keypoints) - base_slopes) ** 2).sum(-1)
             loss = (per_hand * present).sum() + config.prior_weight * (finger_pose**2).sum() + config.hinge_weight * hinge_penalty(full, config.max_hyperextension).sum()
             loss.backward()
             optimiser.step()
