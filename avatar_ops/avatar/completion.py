@@ -578,7 +578,14 @@ def complete(obs: Observation, rest_vertices: Tensor, rest_keypoints: Tensor, pa
             axial = rest[:, 0] * side if p in ALONG_X else rest[:, 1]  # along the part (as `rings` cuts it)
             for r in np.unique(ring[todo]):
                 targets = todo[ring[todo] == r]
-                donors = seen[np.abs(ring[seen] - r) <= 1]
+                if p == Part.FOOT:
+                    # A shoe's rings are a centimetre high and its sole is one or two of them: the
+                    # sole's thin seen band must not be outvoted by the shoe's wide one above it.
+                    donors = seen[ring[seen] == r]
+                    if len(donors) < config.min_ring_known:
+                        continue
+                else:
+                    donors = seen[np.abs(ring[seen] - r) <= 1]
                 if not len(donors):
                     continue
                 gap = rest[targets, lateral][:, None] - rest[donors, lateral][None]  # [T, D]
