@@ -7,6 +7,11 @@ stage, or finished (``ok``; ``rejected`` with the reason for a bad input; ``fail
 ``exception`` when the stage raised on that item, the other items of its batch unaffected).
 Requests are grouped by ``@serve.batch`` and the stage runs in a worker thread, so the replica's
 event loop stays free (health checks, queued requests).
+
+Every call may carry a ``deadline`` (a ``time.time()`` epoch) set by the ingress from its own
+timeout: past it the call is cancelled here on the stage (:func:`within`), whether or not the
+ingress's ``DeploymentResponse.cancel`` arrived (Ray Serve's cancellation is best effort, and a
+cancel racing the request's assignment to a replica can be lost).
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from ray import serve
 
@@ -21,6 +29,23 @@ from avatar_forge.metrics import stage_observer
 from avatar_ops.stages.codec import payload_from_bytes, payload_to_bytes
 from avatar_ops.stages.config import PipelineConfig
 from avatar_ops.stages.stage import Stage
+
+T = TypeVar("T")
+
+
+async def within(deadline: float | None, work: Coroutine[Any, Any, T]) -> T:
+    """``work``'s result, cancelled past ``deadline`` (a ``time.time()`` epoch; None: no limit).
+
+    Raises:
+        TimeoutError: the deadline passed (before ``work`` started, it never starts).
+    """
+    if deadline is None:
+        return await work
+    remaining = deadline - time.time()
+    if remaining <= 0:
+        work.close()
+        raise TimeoutError(f"the call's deadline passed {-remaining:.3f} s before it reached the stage")
+    return await asyncio.wait_for(work, remaining)
 
 
 class StageDeployment:
@@ -51,8 +76,8 @@ class StageDeployment:
     async def ready(self) -> str:
         return self.stage.kind
 
-    async def __call__(self, payload: bytes) -> bytes:
-        return await self.run(payload)
+    async def __call__(self, payload: bytes, deadline: float | None = None) -> bytes:
+        return await within(deadline, self.run(payload))
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
     async def run(self, payloads: list[bytes]) -> list[bytes]:
@@ -63,11 +88,11 @@ class StageDeployment:
         items = [payload_from_bytes(data, self.stage.body.device) for data in payloads]
         return [payload_to_bytes(p) for p in self.stage.run(items)]
 
-    async def animate(self, avatar_uri: str, motion: str | bytes, fmt: str, size: int, max_frames: int) -> bytes:
+    async def animate(self, avatar_uri: str, motion: str | bytes, fmt: str, size: int, max_frames: int, deadline: float | None = None) -> bytes:
         """Frames of the stored avatar following ``motion`` (bundled clip name or .npz bytes),
         encoded as GIF or MP4 (on the export stage, which holds the body)."""
         from avatar_ops.avatar.animate import animation_bytes
 
         if self.stage.kind != "export":
             raise ValueError(f"animate runs on the export stage, not on {self.stage.kind!r}.")
-        return await asyncio.to_thread(animation_bytes, avatar_uri, self.stage.body, motion, fmt, size, max_frames)
+        return await within(deadline, asyncio.to_thread(animation_bytes, avatar_uri, self.stage.body, motion, fmt, size, max_frames))

@@ -26,7 +26,8 @@ under the request id that every answer carries (``X-Request-ID`` and ``request_i
 Avatar jobs: the pending slot is reserved before the handler awaits anything, so concurrent
 POSTs of one photo start one job; the replica that creates the job's lease in the store runs it,
 so two ingress replicas never both do; a running job refreshes its status every ``heartbeat_s``.
-Every stage call has a timeout and is cancelled (``DeploymentResponse.cancel``) past it.
+Every stage call has a timeout and is cancelled (``DeploymentResponse.cancel``) past it; it also
+carries that deadline, and the stage cancels it itself should the cancel be lost.
 """
 
 import asyncio
@@ -73,6 +74,9 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyErro
 STALE_HEARTBEATS = 4
 #: Longest wait for a stage's ``ready`` in /readyz.
 READY_TIMEOUT_S = 5.0
+#: A stage call's own deadline (``serve.adapter.within``) falls this long after the ingress's
+#: timeout: the ingress cancels first, and clocks a little apart across nodes cut no call short.
+DEADLINE_GRACE_S = 1.0
 OPTION_FIELDS = {"preset", "synthesis_mode", "keypoints", "clip", "format", "frames", "size"}
 #: Default Serve options per deployment (the ingress, then one per stage, named by its kind);
 #: ``serve/config.yaml`` or ``build_application`` override them.
@@ -294,6 +298,11 @@ class AvatarAPI:
             response.cancel()
             raise
 
+    def _deadline(self, timeout_s: float) -> float:
+        """The ``deadline`` a stage call made now with ``timeout_s`` carries (``time.time()``
+        epoch): past it the stage cancels the call itself, should the ingress's cancel be lost."""
+        return time.time() + timeout_s + DEADLINE_GRACE_S
+
     async def _sync_call(self, response: DeploymentResponse, what: str) -> Any:
         """A stage call a client waits for: 504 past ``request_timeout_s``, 503 when the stage's
         queue is full."""
@@ -313,7 +322,8 @@ class AvatarAPI:
         delay = 0.25
         while True:
             try:
-                return await self._call(self.stages[kind].remote(data), f"the {kind} stage", max(deadline - loop.time(), 0.0), "job_stage_timeout_s")
+                left = max(deadline - loop.time(), 0.0)
+                return await self._call(self.stages[kind].remote(data, deadline=self._deadline(left)), f"the {kind} stage", left, "job_stage_timeout_s")
             except BackPressureError as err:
                 if loop.time() + delay >= deadline:
                     raise StageTimeout(f"the {kind} stage's queue stayed full for job_stage_timeout_s={self.settings.job_stage_timeout_s:g} s") from err
@@ -408,7 +418,7 @@ class AvatarAPI:
         files, options = await read_request(request, ("image",))
         decoded = await self._decode(files.get("image"), rid)
         payload = Payload("upload", image=decoded, keypoints=_keypoints(options.get("keypoints")))
-        result = payload_from_bytes(await self._sync_call(self.stages["track"].remote(payload_to_bytes(payload)), "tracking"))
+        result = payload_from_bytes(await self._sync_call(self.stages["track"].remote(payload_to_bytes(payload), deadline=self._deadline(self.settings.request_timeout_s)), "tracking"))
         if result.status == "rejected":
             raise _http_error(422, result.reason, _client_detail(result.detail))
         if result.status != "pending":
@@ -551,7 +561,7 @@ class AvatarAPI:
             if not isinstance(motion, str) or motion not in bundled_clips():
                 raise _http_error(422, "unknown_clip", f"`clip` must be one of {bundled_clips()} (or upload `motion`), got {_client_detail(repr(motion))[:60]}")
         uri = self.store.file_uri(tenant(request.scope), avatar, "avatar.safetensors")
-        data = await self._sync_call(self.stages["export"].animate.remote(uri, motion, fmt, size, frames), "animation")
+        data = await self._sync_call(self.stages["export"].animate.remote(uri, motion, fmt, size, frames, deadline=self._deadline(self.settings.request_timeout_s)), "animation")
         return Response(data, media_type="image/gif" if fmt == "gif" else "video/mp4")
 
 

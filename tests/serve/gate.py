@@ -8,6 +8,8 @@ import asyncio
 
 import ray
 
+from serve.adapter import within
+
 
 @ray.remote(num_cpus=0)
 class Gate:
@@ -72,7 +74,8 @@ class Gate:
 
 
 class GateStage:
-    """Stands in for every stage deployment (``ready``, payload bytes in and out)."""
+    """Stands in for every stage deployment (``ready``, payload bytes and a deadline in, bytes
+    out)."""
 
     def __init__(self, gate) -> None:
         import avatar_ops.stages.codec  # noqa: F401 - imported (torch and all) before the first call, not during it
@@ -83,21 +86,25 @@ class GateStage:
         await self.gate.note_ready.remote()
         return "gate"
 
-    async def __call__(self, data: bytes) -> bytes:
+    async def __call__(self, data: bytes, deadline: float | None = None) -> bytes:
         from avatar_ops.stages.codec import payload_from_bytes, payload_to_bytes
 
         payload = payload_from_bytes(data)
         if not payload.pending:
             return data
         ident = payload.id or payload.source
-        try:
-            mode = await self.gate.enter.remote(ident)
-        except asyncio.CancelledError:
-            self.gate.note_cancelled.remote(ident)  # sent before this task ends; nothing to wait for
-            raise
+        # As the stage deployment does: the call is cancelled past its deadline, here, too.
+        mode = await within(deadline, self._enter(ident))
         if mode == "raise":
             raise RuntimeError("gate stage told to raise, in /srv/secret/stage.py")
         if mode == "garbage":
             return b"not a payload"
         payload.update({"status": "rejected", "reason": "no_person", "detail": "the gate stage finds nobody"})
         return payload_to_bytes(payload)
+
+    async def _enter(self, ident: str) -> str:
+        try:
+            return await self.gate.enter.remote(ident)
+        except asyncio.CancelledError:
+            self.gate.note_cancelled.remote(ident)  # sent before this task ends; nothing to wait for
+            raise
