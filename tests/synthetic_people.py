@@ -109,3 +109,52 @@ def photograph(
 def rotation_y(angle: float) -> torch.Tensor:
     """[3, 3] rotation about the vertical axis."""
     return axis_angle_to_matrix(torch.tensor([0.0, angle, 0.0]))
+
+
+@dataclasses.dataclass
+class BenchShot:
+    """A quality-benchmark subject photographed as the benchmark photographs it: ``rgb`` [H, W, 3]
+    uint8 and ``alpha`` [H, W] uint8 (the RGBA cut-out), its true ``track`` (camera-frame body,
+    the true 2D keypoints with confidence 1), the camera-frame ``keypoints`` [K, 3] in metres and
+    the shaped body's ``rest`` vertices [V, 3]."""
+
+    subject: object
+    rgb: np.ndarray
+    alpha: np.ndarray
+    track: TrackResult
+    keypoints: torch.Tensor
+    rest: torch.Tensor
+
+
+def bench_shot(body: BodyModel, index: int, start_deg: float = 0.0, size: int = 512) -> BenchShot:
+    """Subject ``index`` of ``bench/subjects.py``'s consistent set, 3 m from a camera at its
+    pelvis's height, in front of it (``start_deg`` 180: behind it), with the tracker's focal length."""
+    import sys
+    from pathlib import Path
+
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    from subjects import Texture, make_subjects, posed_in_camera, render_truth
+
+    from avatar_ops.render.camera import orbit_cameras
+    from avatar_ops.tracking.smplify import BodyFitConfig
+
+    subject = make_subjects(body, index + 1)[index]
+    with torch.no_grad():
+        pelvis = body(subject.shape, subject.pose).joints[0, 0]
+    fov = math.degrees(2 * math.atan(0.5 / BodyFitConfig().focal_factor))
+    camera = orbit_cameras(1, pelvis, 3.0, 0.0, size, fov_deg=fov, start_deg=start_deg)
+    rgb, mask = render_truth(body, Texture(body, subject), subject.shape, subject.pose, camera)
+    pose, transl = posed_in_camera(body, subject.shape, subject.pose, camera.viewmats[0])
+    with torch.no_grad():
+        keypoints = body(subject.shape, pose, transl).keypoints[0]
+        rest = body(subject.shape, torch.zeros_like(pose)).vertices[0]
+    uv = project(keypoints[None], camera.Ks[:1])[0]
+    seen = torch.cat([uv, torch.ones(len(uv), 1)], 1).numpy().astype(np.float32)
+    track = TrackResult(
+        body_model=body.name, shape=subject.shape[0].numpy(), pose=pose[0].numpy(), transl=transl[0].numpy(),
+        intrinsics=camera.Ks[0].numpy().astype(np.float32), width=size, height=size, keypoints=seen, projected_keypoints=seen[:, :2],
+        mask=mask[0].numpy(), num_people=1, quality={},
+    )  # fmt: skip
+    return BenchShot(subject, (rgb[0].numpy() * 255).round().astype(np.uint8), mask[0].numpy().astype(np.uint8) * 255, track, keypoints, rest)

@@ -20,7 +20,7 @@ from avatar_ops.avatar.model import body_surface
 from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructInput, ReconstructionOperator, ReconstructResult
 from avatar_ops.body.base import KEYPOINT_NAMES
 from avatar_ops.body.parts import PART_NAMES, Part, body_parts
-from tests.synthetic_people import HAIR, PALETTE, PRINT, SHIRT, SHOES, SKIN, TROUSERS, painted, photograph
+from tests.synthetic_people import HAIR, PALETTE, PRINT, SHIRT, SHOES, SKIN, TROUSERS, bench_shot, painted, photograph
 
 WHITE = (0.95, 0.95, 0.95)
 
@@ -505,37 +505,14 @@ def test_a_sole_seen_as_a_thin_band_at_the_toes_comes_round_the_foot(anny_body):
     heels above it the shoe's black. Measured: 85 % of the unseen sole's Gaussians within 25
     CIELAB units of white (every heel Gaussian above it within 25 of black); mirrored from the
     rings either side of its own, the sole took 14 %, outvoted by the shoe's many seen vertices."""
-    import math
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    from subjects import Texture, make_subjects, posed_in_camera, render_truth
-
-    from avatar_ops.render.camera import orbit_cameras, project
-    from avatar_ops.tracking.operator import TrackResult
-
     body = anny_body
-    subject = make_subjects(body, 1)[0]
-    sole_colour, shoe_colour = subject.look["sole"].numpy(), subject.look["shoes"].numpy()
+    shot = bench_shot(body, 0)
+    sole_colour, shoe_colour = shot.subject.look["sole"].numpy(), shot.subject.look["shoes"].numpy()
     assert delta_e(sole_colour, WHITE) < 5 and delta_e(shoe_colour, (0.08, 0.08, 0.08)) < 1  # the premise
-    with torch.no_grad():
-        pelvis = body(subject.shape, subject.pose).joints[0, 0]
-    camera = orbit_cameras(1, pelvis, 3.0, 0.0, 512, fov_deg=math.degrees(2 * math.atan(0.5 / 1.2)))
-    rgb, mask = render_truth(body, Texture(body, subject), subject.shape, subject.pose, camera)
-    pose, transl = posed_in_camera(body, subject.shape, subject.pose, camera.viewmats[0])
-    with torch.no_grad():
-        uv = project(body(subject.shape, pose, transl).keypoints, camera.Ks[:1])[0]
-        rest = body(subject.shape, torch.zeros_like(pose)).vertices[0]
-    keypoints = torch.cat([uv, torch.ones(len(uv), 1)], 1).numpy()
-    track = TrackResult(
-        body_model=body.name, shape=subject.shape[0].numpy(), pose=pose[0].numpy(), transl=transl[0].numpy(), intrinsics=camera.Ks[0].numpy(),
-        width=512, height=512, keypoints=keypoints, projected_keypoints=keypoints[:, :2], mask=mask[0].numpy(), num_people=1, quality={},
-    )  # fmt: skip
-    rec = ReconstructionOperator(ReconstructConfig(), body)([ReconstructInput(track, (rgb[0].numpy() * 255).round().astype(np.uint8))])[0]
+    rec = ReconstructionOperator(ReconstructConfig(), body)([ReconstructInput(shot.track, shot.rgb)])[0]
     assert isinstance(rec, ReconstructResult), rec
-    points, normal, gpart = surface_frame(rec.avatar, body, rest)
-    sole_top = float(rest[:, 1].min()) + 0.02  # as the benchmark paints it
+    points, normal, gpart = surface_frame(rec.avatar, body, shot.rest)
+    sole_top = float(shot.rest[:, 1].min()) + 0.02  # as the benchmark paints it
     unseen_foot = (gpart == Part.FOOT) & ~rec.seen
     sole = unseen_foot & (points[:, 1] < sole_top - 0.005)
     heel_shoe = unseen_foot & (normal[:, 2] < -0.3) & (points[:, 1] > sole_top + 0.015)

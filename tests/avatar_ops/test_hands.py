@@ -217,36 +217,24 @@ def test_the_hand_fit_keeps_the_arms_depth(anny_body, detector):
     of a hand do not tell an arm bent towards the camera from one bent away). Measured: every
     segment within 6 degrees of the truth; without the depth term the hand fit took the upper
     arms and forearms 17 to 22 degrees off, the reaching upper arm pointing away from the camera."""
+    import itertools
     import math
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    from subjects import Texture, make_subjects, posed_in_camera, render_truth
 
     from avatar_ops.io.image import DecodedImage
-    from avatar_ops.render.camera import orbit_cameras
     from avatar_ops.tracking.hands import HandDetector
     from avatar_ops.tracking.operator import TrackingConfig, TrackingOperator, TrackInput, TrackResult
+    from tests.synthetic_people import bench_shot
 
     body = anny_body
-    subject = make_subjects(body, 6)[5]
-    assert subject.name == "5_arm_forward_stride"
-    with torch.no_grad():
-        pelvis = body(subject.shape, subject.pose).joints[0, 0]
-    camera = orbit_cameras(1, pelvis, 3.0, 0.0, 512, fov_deg=math.degrees(2 * math.atan(0.5 / 1.2)))
-    rgb, mask = render_truth(body, Texture(body, subject), subject.shape, subject.pose, camera)
-    pose_c, transl_c = posed_in_camera(body, subject.shape, subject.pose, camera.viewmats[0])
-    with torch.no_grad():
-        truth = body(subject.shape, pose_c, transl_c).keypoints[0]
-    uv = project(truth[None], camera.Ks[:1])[0]
-    keypoints = torch.cat([uv, torch.ones(len(uv), 1)], 1).numpy()
+    shot = bench_shot(body, 5)
+    assert shot.subject.name == "5_arm_forward_stride"
+    truth = shot.keypoints
     hips = [KEYPOINT_NAMES.index("left_hip"), KEYPOINT_NAMES.index("right_hip")]
     world = torch.cat([truth - truth[hips].mean(0), torch.ones(len(truth), 1)], 1).numpy()
-    image = DecodedImage(rgb=(rgb[0].numpy() * 255).round().astype(np.uint8), alpha=mask[0].numpy().astype(np.uint8) * 255, format="PNG", mode="RGBA")
+    image = DecodedImage(rgb=shot.rgb, alpha=shot.alpha, format="PNG", mode="RGBA")
     hands = HandDetector()
     try:
-        result = TrackingOperator(TrackingConfig(device="cpu"), body, detector, hands)([TrackInput(image, [keypoints], world_keypoints=[world])])[0]
+        result = TrackingOperator(TrackingConfig(device="cpu"), body, detector, hands)([TrackInput(image, [shot.track.keypoints], world_keypoints=[world])])[0]
     finally:
         hands.close()
     assert isinstance(result, TrackResult), result
@@ -255,7 +243,7 @@ def test_the_hand_fit_keeps_the_arms_depth(anny_body, detector):
         fitted = body(torch.from_numpy(result.shape)[None], torch.from_numpy(result.pose)[None], torch.from_numpy(result.transl)[None]).keypoints[0]
     for side in HAND_SIDES:
         chain = [KEYPOINT_NAMES.index(f"{side}_{joint}") for joint in ("shoulder", "elbow", "wrist")]
-        for a, b in zip(chain, chain[1:]):
+        for a, b in itertools.pairwise(chain):
             cosine = torch.nn.functional.cosine_similarity(fitted[b] - fitted[a], truth[b] - truth[a], dim=0)
             degrees = math.degrees(math.acos(float(cosine.clamp(-1, 1))))
             assert degrees < 12.0, (side, KEYPOINT_NAMES[a], KEYPOINT_NAMES[b], degrees)

@@ -312,22 +312,10 @@ def test_a_cut_out_seen_from_behind_is_found_over_grey(anny_body, detector):
     """A quality-benchmark subject photographed from behind, as an RGBA cut-out over black: BlazePose
     misses it there (the premise), the detector looks again over grey and finds it, and the
     tracker fits it facing away."""
-    import math
-    import sys
-    from pathlib import Path
+    from tests.synthetic_people import bench_shot
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    from subjects import Texture, make_subjects, render_truth
-
-    from avatar_ops.render.camera import orbit_cameras
-
-    subject = make_subjects(anny_body, 1)[0]
-    with torch.no_grad():
-        pelvis = anny_body(subject.shape, subject.pose).joints[0, 0]
-    camera = orbit_cameras(1, pelvis, 3.0, 0.0, 512, fov_deg=math.degrees(2 * math.atan(0.5 / 1.2)), start_deg=180.0)
-    rgb, mask = render_truth(anny_body, Texture(anny_body, subject), subject.shape, subject.pose, camera)
-    rgb = (rgb[0].numpy() * 255).round().astype(np.uint8)
-    alpha = mask[0].numpy().astype(np.uint8) * 255
+    shot = bench_shot(anny_body, 0, start_deg=180.0)
+    rgb, alpha = shot.rgb, shot.alpha
     assert detector(rgb) is None  # over black, BlazePose finds nobody
     found = detector(rgb, alpha)
     assert found is not None and found.num_people == 1
