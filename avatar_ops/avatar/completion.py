@@ -31,13 +31,13 @@ import dataclasses
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from scipy import ndimage, sparse
 from scipy.spatial import cKDTree
 from torch import Tensor
 
 from avatar_ops.avatar.visibility import MeshView, vertex_normals
-from avatar_ops.body.parts import BodyParts, Part, head_regions, joined_parts
+from avatar_ops.body.parts import BodyParts, Part, eye_line, head_regions, joined_parts
 from avatar_ops.types import FrozenConfig
 
 RING_PARTS = (Part.TORSO, Part.NECK, Part.UPPER_ARM, Part.FOREARM, Part.THIGH, Part.SHIN, Part.FOOT)
@@ -75,6 +75,7 @@ class CompletionConfig(FrozenConfig):
     max_unseen_edge: float = Field(0.3, ge=0, le=1, description="A region whose edge runs along the unseen surface for more than this share is a garment of its own, not a print.")
     clean_rounds: int = Field(40, ge=0, description="Most rounds of taking prints out (regions are cut again after each).")
     clean_smoothing: int = Field(0, ge=0, description="Smoothing passes over seen neighbours before regions are cut (against a garment's own texture).")
+    hairline: tuple[float, float] = Field((0.8, 2.0), description="Shortest and longest back hairline (eye gaps below the eyes: about 5 and 13 cm) the unseen scalp is completed for: hair above the first, the hair's share fading to nothing at the second.")
     hair_share: float = Field(0.3, gt=0, le=1, description="Share of the seen scalp, farthest in colour from the skin, the hair's colour is read from (when those are unlike the skin; else the whole seen scalp's median).")
     surround_hops: int = Field(3, ge=1, description="A print takes the median colour of the garment within this many mesh edges of it (where it lies; a shirt's shading or a sleeve's edge can join a garment's region to the next).")
     min_region: int = Field(6, ge=1, description="Regions of fewer seen vertices are edge blends, not surroundings of a print.")
@@ -83,6 +84,13 @@ class CompletionConfig(FrozenConfig):
     smooth_iters: int = Field(20, ge=0, description="Laplacian smoothing passes over the unseen vertices.")
     skin: tuple[float, float, float] = Field((0.80, 0.62, 0.50), description="Skin colour (linear RGB) when the photo shows no face.")
     shoes: tuple[float, float, float] = Field((0.15, 0.15, 0.16), description="Shoe colour when the photo shows no foot.")
+
+    @field_validator("hairline")
+    @classmethod
+    def _hairline_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] < value[1]:
+            raise ValueError(f"`hairline` must be (shortest, longest) with 0 <= shortest < longest, got {value}.")
+        return value
 
 
 @dataclasses.dataclass
@@ -494,7 +502,7 @@ def complete(obs: Observation, rest_vertices: Tensor, rest_keypoints: Tensor, pa
     cleaned = clean_prints(colour, known, faces_np, config, obs.occluded.cpu().numpy() & ~known)
 
     # Skin from the face (its eyes and mouth taken out); hair from the scalp.
-    face, scalp = (m.cpu().numpy() for m in head_regions(rest_vertices, rest_keypoints, parts, vertex_normals(rest_vertices, faces)))
+    face, scalp = (m.cpu().numpy() for m in head_regions(rest_vertices, rest_keypoints, parts, vertex_normals(rest_vertices, faces), nape_depth=config.hairline[1]))
     skin = _median_of(cleaned, weight, np.nonzero(face & known)[0], 5)
     if skin is None:
         skin = _median_of(colour, weight, np.nonzero((part == Part.HAND) & known)[0], 5)
@@ -601,14 +609,18 @@ def complete(obs: Observation, rest_vertices: Tensor, rest_keypoints: Tensor, pa
 
     # Head: scalp -> hair; an unseen side of the face -> the other side's, else skin; the mouth's
     # inner surface -> skin.
-    # (After the rings: the nape is neck, but hair may cover it. How far is not in a front view:
-    # the nape runs from the hair's colour at its top to the ring's below.)
-    nape = scalp & (part == Part.NECK) & ~known
-    if nape.any():
-        y = rest[nape, 1]
-        t = ((y - y.min()) / max(float(y.max() - y.min()), 1e-6))[:, None]
-        out[nape] = t * hair + (1 - t) * out[nape]
-    out[scalp & (part != Part.NECK) & ~known] = hair
+    # (After the rings: the nape is neck, but hair may cover it.) How far down the back hair
+    # comes is not in a front view: the unseen scalp takes the hair's colour down to the shortest
+    # hairline of `hairline`'s range, and below it, down to the longest, the share of hairlines
+    # that reach that far (the colour that errs least when all of them are as likely), over the
+    # neck's ring colour or, on the head, the skin.
+    eyes_y, eye_gap = eye_line(rest_keypoints)
+    unseen_scalp = scalp & ~known
+    below = (eyes_y - rest[unseen_scalp, 1]) / eye_gap  # eye gaps below the eyes
+    short, long = config.hairline
+    share = np.clip((long - below) / (long - short), 0.0, 1.0)[:, None]
+    under = np.where((part[unseen_scalp] == Part.NECK)[:, None], out[unseen_scalp], skin[None])
+    out[unseen_scalp] = share * hair + (1 - share) * under
     unseen_face = np.nonzero(face & ~known)[0]
     if len(unseen_face):
         seen_face = np.nonzero(face & known)[0]

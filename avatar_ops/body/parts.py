@@ -97,7 +97,14 @@ def body_parts(body: BodyModel) -> BodyParts:
     return BodyParts(part=JOINT_PARTS.to(joint.device)[joint], side=JOINT_SIDES.to(joint.device)[joint], joint=joint)
 
 
-def head_regions(rest_vertices: Tensor, rest_keypoints: Tensor, parts: BodyParts, rest_normals: Tensor) -> tuple[Tensor, Tensor]:
+def eye_line(rest_keypoints: Tensor) -> tuple[float, float]:
+    """The eyes' height and the gap between them (metres), from the rest pose's
+    :data:`KEYPOINT_NAMES` keypoints [K, 3]: the head's own scale, for what is placed on it."""
+    left, right = rest_keypoints[KEYPOINT_NAMES.index("left_eye")], rest_keypoints[KEYPOINT_NAMES.index("right_eye")]
+    return float(0.5 * (left[1] + right[1])), float((left - right).norm())
+
+
+def head_regions(rest_vertices: Tensor, rest_keypoints: Tensor, parts: BodyParts, rest_normals: Tensor, nape_depth: float = 1.6) -> tuple[Tensor, Tensor]:
     """[V] bool masks of the face and of the scalp, in the rest pose (canonical frame, y up,
     facing +z). The face is the head in front of the ears and below the brows' top; the scalp is
     the rest of the head and the nape (the upper back of the neck), which hair covers. The mouth's
@@ -109,17 +116,17 @@ def head_regions(rest_vertices: Tensor, rest_keypoints: Tensor, parts: BodyParts
         rest_keypoints: [K, 3] its :data:`KEYPOINT_NAMES` keypoints.
         parts: the body's :func:`body_parts`.
         rest_normals: [V, 3] the rest pose's unit vertex normals.
+        nape_depth: how far the nape reaches down the back of the neck, in eye gaps below the eyes.
     """
     kp = {n: rest_keypoints[i] for i, n in enumerate(KEYPOINT_NAMES)}
     ears_z = 0.5 * (kp["left_ear"][2] + kp["right_ear"][2])
-    eyes_y = 0.5 * (kp["left_eye"][1] + kp["right_eye"][1])
-    eye_gap = (kp["left_eye"] - kp["right_eye"]).norm()
+    eyes_y, eye_gap = eye_line(rest_keypoints)
     # The brows sit about two thirds of the eye gap above the eyes; the hairline a little higher.
     top = eyes_y + 0.7 * eye_gap
     x, y, z = rest_vertices.unbind(-1)
     head = parts.part == Part.HEAD
     neck = parts.part == Part.NECK
     face = (head | neck) & (z > ears_z + 0.3 * eye_gap) & (y < top)
-    nape = neck & (z < ears_z) & (y > eyes_y - 1.6 * eye_gap)
+    nape = neck & (z < ears_z) & (y > eyes_y - nape_depth * eye_gap)
     mouth = (head | neck) & ~face & (y < eyes_y) & (x.abs() < 0.6 * eye_gap) & (rest_normals[:, 2] > 0.5)
     return face, ((head & ~face) | nape) & ~mouth

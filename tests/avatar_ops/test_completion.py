@@ -180,6 +180,31 @@ def test_the_back_of_the_head_takes_the_hair(rebuilt, photo, anny_body):
     assert delta_e(colour, SKIN) > 30, colour  # never the face's colour
 
 
+def test_how_far_the_hair_comes_down_the_back_fades_over_the_range_of_hairlines(rebuilt, photo, anny_body):
+    """A front view does not show how far the hair comes down the back of the head. The unseen
+    scalp is hair down to the shortest hairline of ``CompletionConfig.hairline`` (eye gaps below
+    the eyes) and from there fades into what lies under it (here the neck's skin), gone at the
+    longest: the hair's share at each height is the share of those hairlines that reach it.
+    Neither a helmet of hair over the nape of a short cut nor a long cut stopped short."""
+    from avatar_ops.body.base import zero_pose
+    from avatar_ops.body.parts import eye_line
+
+    with torch.no_grad():
+        keypoints = anny_body(anny_body.default_shape()[None], zero_pose(1)).keypoints[0]
+    eyes_y, gap = eye_line(keypoints)
+    short, long = CompletionConfig().hairline
+    points, normal, part = surface_frame(rebuilt.avatar, anny_body, photo.rest)
+    behind = ((part == Part.HEAD) | (part == Part.NECK)) & (normal[:, 2] < -0.3) & ~rebuilt.seen & (points[:, 0].abs() < 0.05)
+    below = (eyes_y - points[:, 1]) / gap
+    hair, skin = torch.tensor(HAIR), torch.tensor(SKIN)
+    share = (rebuilt.avatar.color - skin) @ (hair - skin) / (hair - skin).dot(hair - skin)  # 1: hair, 0: skin
+    for depth in (0.5, 1.0, 1.4, 1.8):
+        band = behind & ((below - depth).abs() < 0.15)
+        assert band.sum() >= 5, (depth, band.sum())
+        expected = min(max((long - depth) / (long - short), 0.0), 1.0)
+        assert abs(float(share[band].median()) - expected) < 0.15, (depth, share[band].median(), expected)
+
+
 def test_hands_take_skin(rebuilt, photo, anny_body):
     avatar = rebuilt.avatar
     _, _, part = surface_frame(avatar, anny_body, photo.rest)
