@@ -196,7 +196,7 @@ def bake_texture(avatar: GaussianAvatar, body: BodyModel, uv: np.ndarray, face_u
     opacity = torch.sigmoid(avatar.opacity_logit).cpu().double().numpy()
     weight = opacity[index] * np.exp(-0.5 * (dist / sigma) ** 2) + 1e-12
     colors = avatar.color.clamp(0, 1).cpu().double().numpy()
-    texel = (weight[..., None] * colors[index]).sum(1) / weight.sum(1)[:, None]
+    texel = np.einsum("nk,nkc->nc", weight, colors[index]) / weight.sum(1)[:, None]  # (a broadcast product and sum: 10x slower)
     image = np.zeros((size, size, 3))
     image[covered] = texel
     _, (rows, cols) = ndimage.distance_transform_edt(~covered, return_indices=True)
