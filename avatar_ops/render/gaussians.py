@@ -6,7 +6,7 @@ on CUDA; on the CPU a PyTorch tiled rasteriser that projects with gsplat's own P
 per tile (4x4 pixels by default) with the same rules: 3.33-sigma screen footprint, ``eps2d`` low-pass, alpha clamped
 to 0.999, contributions under 1/255 skipped, a pixel stops at transmittance 1e-4, colours from SH
 get +0.5 and are clamped at 0, depth is the expected depth (accumulated depth over alpha).
-Gradients reach every Gaussian parameter through autograd.
+Gradients reach every Gaussian parameter through autograd (the compositing's own written out).
 """
 
 from __future__ import annotations
@@ -259,6 +259,66 @@ def _tile_pairs(means2d: Tensor, radii: Tensor, depths: Tensor, tiles_x: int, ti
         return tile[order], gauss[order]
 
 
+def _tiles_forward(means2d: Tensor, conics: Tensor, opacities: Tensor, features: Tensor, pixels: Tensor, valid: Tensor) -> dict[str, Tensor]:
+    """Front-to-back compositing of T tiles' P pixels over their K depth-sorted Gaussians
+    (``means2d`` [T, K, 2], ``conics`` [T, K, 3], ``opacities`` [T, K], ``features`` [T, K, F],
+    ``pixels`` [T, P, 2], ``valid`` [T, K]: which of the K slots hold a Gaussian): the outputs
+    ``feat`` [T, P, F] and ``alpha`` [T, P], and what the backward pass needs."""
+    d = pixels[:, :, None] - means2d[:, None]  # [T, P, K, 2]
+    dx, dy = d[..., 0], d[..., 1]
+    c0, c1, c2 = (conics[:, None, :, i] for i in range(3))
+    sigma = 0.5 * (c0 * dx * dx + c2 * dy * dy) + c1 * dx * dy
+    falloff = torch.exp(-sigma)
+    raw = opacities[:, None] * falloff
+    alpha = raw.clamp(max=ALPHA_MAX)
+    keep = valid[:, None] & (sigma >= 0) & (alpha >= ALPHA_MIN)
+    alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
+    trans = torch.cumprod(1 - alpha, dim=-1)
+    before = torch.cat([torch.ones_like(trans[..., :1]), trans[..., :-1]], -1)
+    # gsplat stops a pixel before the Gaussian that would take its transmittance to T_MIN or
+    # below; transmittance only falls, so that is every Gaussian whose own `trans` is that low.
+    live = trans > T_MIN
+    weight = torch.where(live, alpha * before, torch.zeros_like(alpha))
+    return {
+        "feat": torch.einsum("tpk,tkf->tpf", weight, features), "alpha": weight.sum(-1), "dx": dx, "dy": dy,
+        "falloff": falloff, "opacity_path": keep & (raw <= ALPHA_MAX), "alpha_k": alpha, "before": before, "live": live, "weight": weight,
+    }  # fmt: skip
+
+
+class _CompositeTiles(torch.autograd.Function):
+    """:func:`_tiles_forward` with its gradient written out (autograd through its dozen [T, P, K]
+    steps kept every intermediate and took longer than the forward pass). With
+    w_k = alpha_k T_k (T_k = prod_{i<k} (1 - alpha_i), up to the pixel's stop) and g_k the
+    loss's gradient for w_k: dL/dalpha_j = g_j T_j - sum_{k>j} g_k w_k / (1 - alpha_j)."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, features, pixels, valid):
+        with torch.no_grad():
+            out = _tiles_forward(means2d, conics, opacities, features, pixels, valid)
+        if any(ctx.needs_input_grad[:4]):
+            ctx.save_for_backward(conics, opacities, features, out["dx"], out["dy"], out["falloff"], out["opacity_path"], out["alpha_k"], out["before"], out["live"], out["weight"])
+        return out["feat"], out["alpha"]
+
+    @staticmethod
+    def backward(ctx, grad_feat, grad_alpha):
+        conics, opacities, features, dx, dy, falloff, opacity_path, alpha, before, live, weight = ctx.saved_tensors
+        grad_weight = torch.einsum("tpf,tkf->tpk", grad_feat, features) + grad_alpha[..., None]  # [T, P, K]
+        grad_features = torch.einsum("tpk,tpf->tkf", weight, grad_feat)
+        spent = grad_weight * weight
+        later = torch.flip(torch.cumsum(torch.flip(spent, [-1]), -1), [-1]) - spent  # sum over k > j
+        grad_alpha_k = torch.where(live, grad_weight * before, torch.zeros_like(before)) - later / (1 - alpha)
+        grad_falloff = torch.where(opacity_path, grad_alpha_k, torch.zeros_like(grad_alpha_k)) * falloff  # d alpha / d opacity
+        grad_opacities = grad_falloff.sum(1)
+        grad_sigma = grad_falloff * -opacities[:, None]
+        along_x, along_y = grad_sigma * dx, grad_sigma * dy
+        grad_conics = torch.stack([0.5 * (along_x * dx).sum(1), (along_x * dy).sum(1), 0.5 * (along_y * dy).sum(1)], -1)
+        # d sigma / d mean = -(conic @ d): the conic is the same for every pixel of a tile.
+        sum_x, sum_y = along_x.sum(1), along_y.sum(1)
+        c0, c1, c2 = conics.unbind(-1)
+        grad_means = -torch.stack([c0 * sum_x + c1 * sum_y, c2 * sum_y + c1 * sum_x], -1)
+        return grad_means, grad_conics, grad_opacities, grad_features, None, None
+
+
 def _composite(means2d, conics, depths, radii, opacities, rgb, background, width, height, tile_size, chunk_elems: int = 4_000_000):
     """Front-to-back alpha compositing of one camera, tile by tile (tiles batched in chunks)."""
     device, dtype = means2d.device, means2d.dtype
@@ -289,19 +349,9 @@ def _composite(means2d, conics, depths, radii, opacities, rgb, background, width
         index = gauss[(offsets[chunk][:, None] + slot[None]).clamp(max=len(gauss) - 1)]  # [T, K]
         origin = torch.stack([chunk % tiles_x, chunk // tiles_x], -1).to(dtype) * tile_size  # [T, 2]
         pixels = origin[:, None] + local_xy[None]  # [T, P, 2]
-        d = pixels[:, :, None] - means2d[index][:, None]  # [T, P, K, 2]
-        con = conics[index][:, None]  # [T, 1, K, 3]
-        sigma = 0.5 * (con[..., 0] * d[..., 0] ** 2 + con[..., 2] * d[..., 1] ** 2) + con[..., 1] * d[..., 0] * d[..., 1]
-        alpha = (opacities[index][:, None] * torch.exp(-sigma)).clamp(max=ALPHA_MAX)
-        keep = valid[:, None] & (sigma >= 0) & (alpha >= ALPHA_MIN)
-        alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-        trans = torch.cumprod(1 - alpha, dim=-1)
-        before = torch.cat([torch.ones_like(trans[..., :1]), trans[..., :-1]], -1)
-        # gsplat stops a pixel before the Gaussian that would take its transmittance to T_MIN or
-        # below; transmittance only falls, so that is every Gaussian whose own `trans` is that low.
-        weight = torch.where(trans > T_MIN, alpha * before, torch.zeros_like(alpha))
-        results_feat.append(torch.einsum("tpk,tkf->tpf", weight, features[index]))
-        results_alpha.append(weight.sum(-1))
+        feat, acc = _CompositeTiles.apply(means2d[index], conics[index], opacities[index], features[index], pixels, valid)
+        results_feat.append(feat)
+        results_alpha.append(acc)
         results_tiles.append(chunk)
         start = end
     if results_tiles:

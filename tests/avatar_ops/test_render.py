@@ -229,3 +229,48 @@ def test_cpu_backend_matches_gsplat_cuda(mode):
     (cpu.rgb.sum() + cpu.alpha.sum()).backward()
     for g, c in zip(params, cpu_params):
         torch.testing.assert_close(g.grad.cpu(), c.grad, atol=5e-2, rtol=5e-2)
+
+
+def test_the_written_out_compositing_gradient_is_autograds_in_float32():
+    """The CPU backend composites with its gradient written out (gaussians._CompositeTiles); in
+    float32, as fits run, it must give what autograd gives through the same forward pass, on tiles
+    where opaque Gaussians (alpha clamped at 0.999) stop pixels early and faint ones are skipped."""
+    from avatar_ops.render.gaussians import _CompositeTiles, _tiles_forward
+
+    g = torch.Generator().manual_seed(7)
+    tiles, pixels_per_tile, slots = 6, 16, 40
+    means2d = torch.rand(tiles, slots, 2, generator=g) * 8 - 2
+    a, b = torch.rand(tiles, slots, generator=g) * 0.5 + 0.1, torch.rand(tiles, slots, generator=g) * 0.5 + 0.1
+    conics = torch.stack([a, (torch.rand(tiles, slots, generator=g) - 0.5) * 0.1, b], -1)
+    opacities = torch.rand(tiles, slots, generator=g)
+    opacities[:, ::5] = 1.0  # clamped at 0.999: transmittance falls below 1e-4 within a few of them
+    features = torch.rand(tiles, slots, 4, generator=g)
+    ys, xs = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
+    pixels = (torch.stack([xs.reshape(-1), ys.reshape(-1)], -1) + 0.5).expand(tiles, pixels_per_tile, 2)
+    valid = torch.rand(tiles, slots, generator=g) > 0.1
+    valid[3:, 6:] = False  # half the tiles hold a few Gaussians: translucent pixels
+    opacities[3:] *= 0.5
+    weights = torch.rand(tiles, pixels_per_tile, 4, generator=g), torch.rand(tiles, pixels_per_tile, generator=g)
+
+    def grads(composite):
+        inputs = [t.clone().requires_grad_(True) for t in (means2d, conics, opacities, features)]
+        feat, alpha = composite(*inputs)
+        ((feat * weights[0]).sum() + (alpha * weights[1]).sum()).backward()
+        return (feat, alpha), [t.grad for t in inputs]
+
+    def reference(*inputs):
+        out = _tiles_forward(*inputs, pixels, valid)
+        return out["feat"], out["alpha"]
+
+    (feat, alpha), mine = grads(lambda *inputs: _CompositeTiles.apply(*inputs, pixels, valid))
+    (feat_ref, alpha_ref), theirs = grads(reference)
+    assert (alpha_ref > 0.99).any() and (alpha_ref < 0.9).any()  # opaque and translucent pixels
+    torch.testing.assert_close(feat, feat_ref, atol=0, rtol=0)
+    torch.testing.assert_close(alpha, alpha_ref, atol=0, rtol=0)
+    for name, a, b in zip(("means2d", "conics", "opacities", "features"), mine, theirs):
+        scale = float(b.abs().max())
+        assert scale > 0, name
+        # Both sum up to K = 40 float32 terms, and the written-out one divides by 1 - alpha >= 1e-3:
+        # at worst 40 x 6e-8 / 1e-3 = 2.4e-3 of the largest gradient (measured: 1.5e-7).
+        err = float((a - b).abs().max())
+        assert err <= 3e-3 * scale, (name, err, scale)
