@@ -319,8 +319,12 @@ class _CompositeTiles(torch.autograd.Function):
         return grad_means, grad_conics, grad_opacities, grad_features, None, None
 
 
-def _composite(means2d, conics, depths, radii, opacities, rgb, background, width, height, tile_size, chunk_elems: int = 4_000_000):
-    """Front-to-back alpha compositing of one camera, tile by tile (tiles batched in chunks)."""
+def _composite(means2d, conics, depths, radii, opacities, rgb, background, width, height, tile_size, chunk_elems: int = 4_000_000, padding: float = 1.25, slack: int = 8):
+    """Front-to-back alpha compositing of one camera, tile by tile (tiles batched in chunks).
+
+    Every tile of a chunk is padded to the chunk's longest Gaussian list, so a chunk only takes
+    tiles whose lists are at most ``padding`` times (or ``slack`` longer than) its shortest: one
+    chunk of all a body's tiles (lists of 1 to ~300) was 60% padding."""
     device, dtype = means2d.device, means2d.dtype
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     num_tiles = tiles_x * tiles_y
@@ -336,14 +340,17 @@ def _composite(means2d, conics, depths, radii, opacities, rgb, background, width
     busy = torch.nonzero(counts)[:, 0]
     # Chunks of tiles with similar list lengths, so padding stays small.
     busy = busy[torch.argsort(counts[busy])]
+    sorted_counts = counts[busy].tolist()
     start = 0
     results_feat, results_alpha, results_tiles = [], [], []
     while start < len(busy):
         end = start + 1
-        while end < len(busy) and (end - start + 1) * pix * int(counts[busy[end]]) <= chunk_elems:
+        shortest = int(sorted_counts[start])
+        longest = max(padding * shortest, shortest + slack)
+        while end < len(busy) and (end - start + 1) * pix * int(sorted_counts[end]) <= chunk_elems and sorted_counts[end] <= longest:
             end += 1
         chunk = busy[start:end]
-        kmax = int(counts[chunk].max())
+        kmax = int(sorted_counts[end - 1])
         slot = torch.arange(kmax, device=device)
         valid = slot[None] < counts[chunk][:, None]  # [T, K]
         index = gauss[(offsets[chunk][:, None] + slot[None]).clamp(max=len(gauss) - 1)]  # [T, K]
