@@ -196,9 +196,14 @@ def test_resume_after_the_driver_is_killed(local_ray, samples_dir, tmp_path):
     # Rows one at a time through the (fused) actor stage, so the job is still running after the first.
     config = JobConfig.model_validate({**FAST, "stages": {"track": {"batch_size": 1}}})
     config_path.write_text(config.to_yaml())
+    # The driver joins the module's Ray, as a job's driver joins its cluster: killing it ends its
+    # tasks and actors there, and the rerun below starts on the same cluster.
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     driver = subprocess.Popen(
         [sys.executable, "-m", "avatar_forge.cli", "batch", str(folder), str(out), "--config", str(config_path), "--no-progress"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 300

@@ -68,6 +68,7 @@ def test_track_sample_photo_multipart_and_json(api, samples_dir):
     torch.testing.assert_close(_track_arrays(r2.json()), _track_arrays(body))
 
 
+@pytest.mark.slow  # the nightly run (`make test-all`); ~12 s. The default run has the stages' parity without Serve (tests/test_parity.py) and POST /v1/track (test_track_sample_photo_multipart_and_json).
 def test_track_matches_batch_tracking_stage(api, samples_dir, tmp_path):
     """Parity: POST /v1/track and the batch job's tracking stage give the same parameters."""
     from avatar_ops.stages.codec import payload_from_bytes
