@@ -18,7 +18,9 @@ PREFIX = "/avatar"
 FAST_PIPELINE = {
     "num_gaussians": 800,
     "fit": {"iters": 2, "resolution": 64},
-    "tracking": {"hands": {"enabled": False}, "face": {"enabled": False}},  # the API's wiring is what these tests check (tests/test_parity.py runs them)
+    # The API's wiring is what these tests check: hands and face off (tests/test_parity.py runs
+    # them) and a short body fit (tests/avatar_ops/test_tracking.py checks the fit's quality).
+    "tracking": {"hands": {"enabled": False}, "face": {"enabled": False}, "fit": {"orient_iters": 5, "keypoint_iters": 5, "iters": 5}},
     "export": {"turntable_views": 2, "preview_size": 48, "animation_frames": 2, "glb_texture_size": 256, "glb_max_frames": 8},
 }
 #: A tiny random SVD pipeline (built by the fixture) and few small frames per mode.
