@@ -181,6 +181,7 @@ def test_s3_in_and_out_through_a_real_endpoint(local_ray, s3_endpoint, samples_d
     assert f"run-1/avatars/{ok['id']}/avatar.ply" in keys and "run-1/summary.json" in keys
 
 
+@pytest.mark.slow  # the nightly run (`make test-all`); ~45 s. The default run keeps the rerun that skips finished rows (the same per-row records) and the fault classification.
 def test_resume_after_the_driver_is_killed(local_ray, samples_dir, tmp_path):
     import psutil
 

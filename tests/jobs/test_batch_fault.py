@@ -15,7 +15,7 @@ from jobs.config import JobConfig
 from tests.jobs.test_batch import FAST
 
 
-@pytest.mark.slow  # the nightly run (`make test-all`); ~65 s. The default run keeps resume after a killed driver and the fault classification.
+@pytest.mark.slow  # the nightly run (`make test-all`); ~65 s. The default run keeps the rerun that skips finished rows and the fault classification.
 def test_losing_a_worker_node_mid_job_loses_no_rows(samples_dir, tmp_path):
     import pyarrow.parquet as pq
     import ray
