@@ -345,12 +345,11 @@ def _composite(means2d, conics, depths, radii, opacities, rgb, background, width
     results_feat, results_alpha, results_tiles = [], [], []
     while start < len(busy):
         end = start + 1
-        shortest = int(sorted_counts[start])
-        longest = max(padding * shortest, shortest + slack)
-        while end < len(busy) and (end - start + 1) * pix * int(sorted_counts[end]) <= chunk_elems and sorted_counts[end] <= longest:
+        longest = max(padding * sorted_counts[start], sorted_counts[start] + slack)
+        while end < len(busy) and (end - start + 1) * pix * sorted_counts[end] <= chunk_elems and sorted_counts[end] <= longest:
             end += 1
         chunk = busy[start:end]
-        kmax = int(sorted_counts[end - 1])
+        kmax = sorted_counts[end - 1]
         slot = torch.arange(kmax, device=device)
         valid = slot[None] < counts[chunk][:, None]  # [T, K]
         index = gauss[(offsets[chunk][:, None] + slot[None]).clamp(max=len(gauss) - 1)]  # [T, K]
