@@ -10,7 +10,9 @@ What the photo cannot see is protected:
 
 * a view's loss reaches only the Gaussians that view sees (the posed mesh's z-buffer), weighted
   down towards grazing angles; Gaussians no view sees are not changed at all, so they keep the
-  reconstruction's completion, and poorly seen ones are held to it by an anchor term;
+  reconstruction's completion, and poorly seen ones are held to it by anchor terms: colour, and
+  size and opacity (the outline's Gaussians, seen edge-on, may move to fit the silhouette, but a
+  disc grown or thinned for an edge-on view shows from behind as a smear or a hole);
 * hands keep their (skin) colour;
 * the part limits (:mod:`avatar_ops.avatar.limits`) hold offsets, scales, anisotropy and opacity:
   hinge penalties before a limit, an exact projection after every step. Rotations stay turns
@@ -66,6 +68,7 @@ class FitConfig(FrozenConfig):
     offset_range: float = Field(0.03, ge=0, description="Furthest (metres) the fit may move a Gaussian's offset from the reconstruction's.")
     laplacian_weight: float = Field(1.0, ge=0, description="Weight of the offset and colour smoothness between neighbours.")
     anchor_weight: float = Field(10.0, ge=0, description="Weight of the term holding colours to the reconstruction's, in proportion to how poorly the views see each Gaussian (summed over Gaussians, per photo pixel).")
+    shape_anchor_weight: float = Field(10.0, ge=0, description="Weight of the term holding log-scales and opacity logits to the reconstruction's, in proportion to how poorly the views see each Gaussian (summed over Gaussians, per photo pixel): an outline Gaussian seen only edge-on still shapes the silhouette, but keeps about the size and opacity the views behind it need.")
     limits_weight: float = Field(1.0, ge=0, description="Weight of the hinge penalties on offsets, scales and anisotropy near their limits.")
     grazing: tuple[float, float] = Field((0.05, 0.35), description="Facing cosines between which a view's weight on a Gaussian rises from 0 to 1.")
     limits: PartLimits = Field(default_factory=PartLimits, description="Per-part limits the fit keeps.")
@@ -325,6 +328,8 @@ class FittingOperator(BodyOperator):
                     loss = loss + weight * _view_loss(out, img, msk, bnd, cfg)
                 loss = loss + cfg.offset_weight * 100 * ((q["offset"] - p.avatar.offset) ** 2).mean()
                 loss = loss + cfg.anchor_weight * ((1 - s)[:, None] * (q["color"] - p.avatar.color) ** 2).sum() / p.masks[0].numel()
+                held = ((q["log_scale"] - p.avatar.log_scale) ** 2).sum(1) + (q["opacity_logit"] - p.avatar.opacity_logit) ** 2
+                loss = loss + cfg.shape_anchor_weight * ((1 - s) * held).sum() / p.masks[0].numel()
                 loss = loss + cfg.limits_weight * cfg.limits.hinge(part, q["offset"], q["log_scale"])
                 lap_off = (q["offset"] - q["offset"][p.neighbours].mean(1)) ** 2
                 lap_col = ((q["color"] - q["color"][p.neighbours].mean(1)) ** 2).sum(1)

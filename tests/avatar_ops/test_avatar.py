@@ -169,9 +169,11 @@ def test_gaussians_ride_on_the_skinned_mesh(reconstructed, anny_body):
 @pytest.mark.parametrize("name", PHOTOS)
 def test_preview_fit_matches_the_photo_inside_the_mask(fitted_all, name):
     q = fitted_all[name].quality
-    # At the preview's 256-pixel supervision; the 26 dB bar was set at 160 pixels, where the same
-    # avatars measure about 3 dB higher (sharper targets hold more detail to miss).
-    assert q["psnr"] >= 24.0, q
+    # At the preview's 256-pixel supervision. Measured: 27.8, 27.0 and 24.2 dB; the half-body photo
+    # (fruit and hands in front of the body, a finer print) is the hardest. The bars sit 1 dB or
+    # more below, so a machine's rounding cannot fail them, and a broken fit (15-21 dB before it)
+    # cannot pass.
+    assert q["psnr"] >= (23.0 if name.startswith("elder") else 26.0), q
     assert q["psnr"] > q["psnr_before"] + 3.0, q
 
 
