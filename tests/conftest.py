@@ -123,3 +123,20 @@ def tracker(anny_body, detector):
     from avatar_ops.tracking.operator import TrackingConfig, TrackingOperator
 
     return TrackingOperator(TrackingConfig(device="cpu"), anny_body, detector)
+
+
+#: The bundled sample photos the tests track.
+SAMPLE_PHOTOS = ("man_hoodie_masked.png", "woman_dress_fullbody.jpg", "elder_fruit_halfbody.jpg")
+
+
+@pytest.fixture(scope="session")
+def tracked_samples(tracker, samples_dir) -> dict:
+    """``{name: (TrackResult, rgb [H, W, 3] uint8)}``: every sample photo decoded and tracked by the
+    session's tracker, all of them in one batch. Tracking is the costly step, and the modules that
+    start from the tracked samples (avatars, tracking quality, synthesis) share this one run."""
+    from avatar_ops.io.image import decode_image
+    from avatar_ops.tracking.operator import TrackInput
+
+    images = [decode_image((samples_dir / name).read_bytes()) for name in SAMPLE_PHOTOS]
+    results = tracker([TrackInput(image) for image in images])
+    return {name: (result, image.rgb) for name, result, image in zip(SAMPLE_PHOTOS, results, images)}

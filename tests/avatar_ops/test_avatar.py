@@ -23,19 +23,15 @@ from avatar_ops.avatar.ply import ply_bytes
 from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructInput, ReconstructionOperator, ReconstructResult
 from avatar_ops.body.base import SMPLX_JOINT_NAMES
 from avatar_ops.body.parts import PART_NAMES, Part, body_parts
-from avatar_ops.io.image import decode_image
 from avatar_ops.motion import bundled_clips, load_motion
 from avatar_ops.render.camera import orbit_cameras
-from avatar_ops.tracking.operator import TrackInput
 
 PHOTOS = ["man_hoodie_masked.png", "woman_dress_fullbody.jpg", "elder_fruit_halfbody.jpg"]
 
 
 @pytest.fixture(scope="module")
-def tracked(tracker, samples_dir):
-    images = [decode_image((samples_dir / name).read_bytes()) for name in PHOTOS]
-    results = tracker([TrackInput(image) for image in images])
-    return {name: (result, image.rgb) for name, result, image in zip(PHOTOS, results, images)}
+def tracked(tracked_samples):
+    return {name: tracked_samples[name] for name in PHOTOS}
 
 
 @pytest.fixture(scope="module")

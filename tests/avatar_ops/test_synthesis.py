@@ -13,11 +13,9 @@ import pytest
 import torch
 
 from avatar_ops.avatar.reconstruct import ReconstructConfig, ReconstructInput, ReconstructionOperator
-from avatar_ops.io.image import decode_image
 from avatar_ops.synthesis.diffusion import SynthesisModelError, load_pipeline, vae_round_trip
 from avatar_ops.synthesis.operator import PoseModeConfig, SynthesisConfig, SynthesisInput, SynthesisOperator, ViewModeConfig, parse_modes
 from avatar_ops.synthesis.windows import blend_windows, window_starts
-from avatar_ops.tracking.operator import TrackInput
 
 SMALL = {"size": 32, "view": ViewModeConfig(num_frames=3, steps=3, window=4), "pose": PoseModeConfig(num_frames=5, steps=3, window=4, overlap=2)}
 
@@ -30,11 +28,10 @@ def tiny_svd(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def photo_and_avatar(tracker, anny_body, samples_dir):
-    image = decode_image((samples_dir / "man_hoodie_masked.png").read_bytes())
-    track = tracker([TrackInput(image)])[0]
-    rec = ReconstructionOperator(ReconstructConfig(num_gaussians=1500), anny_body)([ReconstructInput(track, image.rgb)])[0]
-    return image.rgb, rec
+def photo_and_avatar(tracked_samples, anny_body):
+    track, rgb = tracked_samples["man_hoodie_masked.png"]
+    rec = ReconstructionOperator(ReconstructConfig(num_gaussians=1500), anny_body)([ReconstructInput(track, rgb)])[0]
+    return rgb, rec
 
 
 @pytest.fixture(scope="module")
