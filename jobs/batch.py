@@ -21,6 +21,7 @@ and survive lost nodes). Local paths are made absolute, so every URI in the mani
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from avatar_ops.io import storage
 from avatar_ops.stages.stage import chain
 from jobs.config import JobConfig
 from jobs.manifest import SCHEMA_VERSION, Counts, ManifestWriter, manifest_row
-from jobs.stages import PayloadStages, decode_batch
+from jobs.stages import MANIFEST_ID, PayloadStages, decode_batch
 
 log = logging.getLogger("avatar_forge.batch")
 
@@ -160,12 +161,26 @@ def stage_groups(config: JobConfig) -> list[list[str]]:
     return [list(kinds)] if fuse == "always" else [[k] for k in kinds]
 
 
-def duplicate_ids(inputs) -> tuple[str, ...]:
-    """Ids given to more than one input row (a distributed count: only the duplicates reach the
-    driver). Rows without an id take their content id and never collide here."""
+#: Manifests of up to this many rows have their ids counted on the driver (at most 128 characters
+#: each: a few MB). Larger ones are counted by a distributed group-by, whose shuffle starts its own
+#: aggregator actors: seconds that a small job would spend on nothing else.
+DRIVER_ID_COUNT_ROWS = 100_000
+
+
+def duplicate_ids(inputs, rows: int) -> tuple[str, ...]:
+    """Ids given to more than one of the ``rows`` input rows: counted on the driver up to
+    :data:`DRIVER_ID_COUNT_ROWS` rows, else distributed (only the duplicates reach the driver).
+    Rows without an id take their content id and never collide here; an id that is no valid id
+    is rejected as such (``bad_id``) whether or not it is repeated."""
     from ray.data.expressions import col
 
-    counted = inputs.select_columns(["id"]).filter(expr=col("id") != "").groupby("id").count().rename_columns({"count()": "rows"})
+    ids = inputs.select_columns(["id"]).filter(expr=col("id") != "")
+    if rows <= DRIVER_ID_COUNT_ROWS:
+        counted = collections.Counter(
+            row_id for batch in ids.iter_batches(batch_format="pyarrow", batch_size=4096) for row_id in batch.column("id").to_pylist() if MANIFEST_ID.fullmatch(row_id)
+        )  # fmt: skip
+        return tuple(sorted(row_id for row_id, n in counted.items() if n > 1))
+    counted = ids.groupby("id").count().rename_columns({"count()": "rows"})
     return tuple(sorted(row["id"] for row in counted.filter(expr=col("rows") > 1).iter_rows()))
 
 
@@ -260,8 +275,9 @@ def run_job(input_uri: str, output: str, config: JobConfig | None = None, limit:
             counts = Counts()
             try:
                 inputs = read_inputs(input_uri, output, config, limit, run_id)
-                progress_metrics = JobMetrics(inputs.count())
-                duplicates = duplicate_ids(inputs) if input_uri.lower().endswith(MANIFEST_SUFFIXES) else ()
+                total = inputs.count()
+                progress_metrics = JobMetrics(total)
+                duplicates = duplicate_ids(inputs, total) if input_uri.lower().endswith(MANIFEST_SUFFIXES) else ()
                 with ManifestWriter(manifest_uri) as writer:
                     for row in build_dataset(inputs, output, config, duplicates).iter_rows():
                         written = manifest_row(row, run_id)

@@ -250,10 +250,10 @@ def test_only_infrastructure_faults_rerun_an_attempt():
     assert not is_infrastructure_fault(wrapped(ValueError("bad value")))
 
 
-def test_exit_status_counts_failed_rows_only_and_config_comes_from_s3_with_overrides(local_ray, s3_endpoint, samples_dir, tmp_path, capsys):
-    """An all-rejected run exits 0, with its config read from s3:// and a --set override; an
-    all-failed run exits non-zero and says which threshold applied; both manifests have the fixed
-    schema and concatenate without casting."""
+def test_exit_status_counts_failed_rows_only_and_config_comes_from_s3_with_overrides(local_ray, s3_endpoint, samples_dir, folder_run, tmp_path, capsys):
+    """Rejected rows do not count towards max_failed_ratio, failed rows do: a run with 3 of each,
+    its config read from s3:// with a --set override, exits non-zero and says which threshold
+    applied; its manifest has the fixed schema and concatenates with another run's without casting."""
     import boto3
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -264,30 +264,67 @@ def test_exit_status_counts_failed_rows_only_and_config_comes_from_s3_with_overr
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     s3.create_bucket(Bucket="configs")
     s3.put_object(Bucket="configs", Key="jobs/fast.yaml", Body=JobConfig.model_validate(FAST).to_yaml().encode())
-    rejected_in = tmp_path / "rejected"
-    rejected_in.mkdir()
+    lines = []
     for name in ("empty.jpg", "notes.png", "tiny.png"):
-        (rejected_in / name).write_bytes(bad_files(samples_dir)[name][0])
-    out = tmp_path / "out-rejected"
-    code = main(["batch", str(rejected_in), str(out), "--config", "s3://configs/jobs/fast.yaml", "--set", "stages.track.batch_size=3", "--max-failed-ratio", "0", "--no-progress"])
+        (tmp_path / name).write_bytes(bad_files(samples_dir)[name][0])
+        lines.append({"uri": str(tmp_path / name)})
+    lines += [{"uri": str(tmp_path / f"gone-{i}.jpg")} for i in range(3)]
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text("\n".join(json.dumps(line) for line in lines))
+    out = tmp_path / "out"
+    code = main(["batch", str(inputs), str(out), "--config", "s3://configs/jobs/fast.yaml", "--set", "stages.track.batch_size=3", "--no-progress"])
     printed = capsys.readouterr().out
-    assert code == 0, printed
-    assert "failed rows: 0 of 3 (0.00%); max_failed_ratio 0 (from --max-failed-ratio): passed" in printed
+    assert code == EXIT_TOO_MANY_FAILED, printed
+    assert f"failed rows: 3 of 6 (50.00%); max_failed_ratio 0.05 (from --config): FAILED (exit {EXIT_TOO_MANY_FAILED})" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["statuses"] == {"rejected": 3, "failed": 3} and summary["reasons"]["failed:not_found"] == 3 and summary["passed"] is False
     saved = JobConfig.load(str(out / "job_config.yaml"))
     assert saved.stages.track.batch_size == 3 and saved.pipeline == JobConfig.model_validate(FAST).pipeline
 
-    missing = tmp_path / "missing.jsonl"
-    missing.write_text("\n".join(json.dumps({"uri": str(tmp_path / f"gone-{i}.jpg")}) for i in range(3)))
-    failed_out = tmp_path / "out-failed"
-    code = main(["batch", str(missing), str(failed_out), "--config", "s3://configs/jobs/fast.yaml", "--no-progress"])
-    printed = capsys.readouterr().out
-    assert code == EXIT_TOO_MANY_FAILED, printed
-    assert f"failed rows: 3 of 3 (100.00%); max_failed_ratio 0.05 (from --config): FAILED (exit {EXIT_TOO_MANY_FAILED})" in printed
-    summary = json.loads((failed_out / "summary.json").read_text())
-    assert (summary["statuses"], summary["reasons"], summary["passed"]) == ({"failed": 3}, {"failed:not_found": 3}, False)
-
-    tables = [pq.read_table(o / "manifest" / "manifest.parquet") for o in (out, failed_out)]
-    assert {r["status"] for r in tables[0].to_pylist()} == {"rejected"} and tables[0].num_rows == 3
-    assert all(r["source_uri"].startswith(str(tmp_path)) for r in tables[1].to_pylist())  # absolute, as given
+    tables = [pq.read_table(o / "manifest" / "manifest.parquet") for o in (out, folder_run[2])]  # and a run with ok rows
+    assert all(r["source_uri"].startswith(str(tmp_path)) for r in tables[0].to_pylist())  # absolute, as given
     assert tables[0].schema == tables[1].schema == manifest_schema()
-    assert pa.concat_tables(tables).num_rows == 6
+    assert pa.concat_tables(tables).num_rows == 6 + tables[1].num_rows
+
+
+@pytest.mark.parametrize(
+    ("argv", "passed", "source"),
+    [
+        (["--max-failed-ratio", "0.5"], True, "from --max-failed-ratio"),
+        (["--set", "max_failed_ratio=0.4"], False, "from --set"),
+        ([], False, "the default"),
+    ],
+)
+def test_the_verdict_names_where_its_threshold_came_from(argv, passed, source):
+    """The final table's verdict and the exit status for each place a threshold can come from
+    (the job itself, with its config from --config, runs above)."""
+    from avatar_forge.cli import EXIT_TOO_MANY_FAILED, _outcome_table, _threshold_source, build_parser
+    from jobs.batch import summarise
+    from jobs.manifest import Counts
+
+    args = build_parser().parse_args(["batch", "in", "out", *argv])
+    overrides = list(args.set) + ([f"max_failed_ratio={args.max_failed_ratio}"] if args.max_failed_ratio is not None else [])
+    config = JobConfig.load(None, overrides)
+    counts = Counts()
+    for status, reason in [("rejected", "too_small")] * 3 + [("failed", "not_found")] * 3:
+        counts.add({"status": status, "reason": reason, "resumed": False})
+    summary = summarise(counts, 1.0, "in", "out", config, "run")
+    assert summary["passed"] is passed and summary["failed_ratio"] == 0.5
+    verdict = "passed" if passed else f"FAILED (exit {EXIT_TOO_MANY_FAILED})"
+    assert f"failed rows: 3 of 6 (50.00%); max_failed_ratio {config.max_failed_ratio:g} ({source}): {verdict}" in _outcome_table({**summary, "manifest": "m"}, _threshold_source(args, config))
+
+
+def test_repeated_ids_are_found_alike_on_the_driver_and_distributed(local_ray, monkeypatch):
+    """Small manifests have their ids counted on the driver, large ones by a distributed group-by:
+    the same ids either way. Empty ids never collide; invalid ones are left to the id check."""
+    import ray.data
+
+    from jobs import batch
+
+    ids = ["a", "b", "a", "", "", "c", "b", "a", "x" * 200, "x" * 200, "d"]
+    inputs = ray.data.from_items([{"id": i} for i in ids])
+    on_driver = batch.duplicate_ids(inputs, len(ids))
+    monkeypatch.setattr(batch, "DRIVER_ID_COUNT_ROWS", 0)
+    distributed = batch.duplicate_ids(inputs, len(ids))
+    assert on_driver == ("a", "b")
+    assert set(distributed) - {"x" * 200} == {"a", "b"}  # the long id is rejected as bad_id either way
