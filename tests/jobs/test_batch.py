@@ -120,10 +120,19 @@ def test_rerun_skips_finished_rows_and_duplicates_nothing(folder_run):
     assert {p: p.stat().st_mtime_ns for p in bundles} == before
 
 
-def test_manifest_input_with_ids_and_bad_rows(local_ray, samples_dir, tmp_path):
-    """Also the synthesize stage (a tiny SVD pipeline, both modes) between reconstruct and fit."""
+def test_manifest_input_with_ids_and_bad_rows(local_ray, s3_endpoint, samples_dir, folder_run, tmp_path, capsys):
+    """A manifest through `avatar-forge batch`, with its config read from s3:// and a --set
+    override; also the synthesize stage (a tiny SVD pipeline, both modes) between reconstruct and
+    fit. Rejected rows do not count towards max_failed_ratio, failed rows do: the run exits
+    non-zero and says which threshold applied. Its manifest has the fixed schema and concatenates
+    with another run's without casting."""
+    import boto3
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from avatar_forge.cli import EXIT_TOO_MANY_FAILED, main
     from avatar_ops.synthesis.tiny_svd import make_tiny_svd
-    from jobs.batch import run_job
+    from jobs.manifest import manifest_schema
 
     photo = str(samples_dir / "man_hoodie_masked.png")
     lines = [
@@ -142,7 +151,17 @@ def test_manifest_input_with_ids_and_bad_rows(local_ray, samples_dir, tmp_path):
         "synthesis": {"model": str(make_tiny_svd(tmp_path / "svd")), "size": 32, "view": {"num_frames": 2, "steps": 2, "window": 4}, "pose": {"num_frames": 2, "steps": 2, "window": 4}},
     }
     config = JobConfig.model_validate({**FAST, "pipeline": {**FAST["pipeline"], **synthesis}})
-    run_job(str(manifest), str(out), config, progress=False)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="configs")
+    s3.put_object(Bucket="configs", Key="jobs/synthesis.yaml", Body=config.to_yaml().encode())
+    code = main(["batch", str(manifest), str(out), "--config", "s3://configs/jobs/synthesis.yaml", "--set", "stages.track.batch_size=3", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == EXIT_TOO_MANY_FAILED, printed
+    assert f"failed rows: 1 of 6 (16.67%); max_failed_ratio 0.05 (from --config): FAILED (exit {EXIT_TOO_MANY_FAILED})" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["statuses"] == {"ok": 1, "rejected": 4, "failed": 1} and summary["passed"] is False
+    saved = JobConfig.load(str(out / "job_config.yaml"))
+    assert saved.stages.track.batch_size == 3 and saved.pipeline == config.pipeline
     rows = {r["id"]: r for r in _read_manifest(str(out / "manifest" / "manifest.parquet"))}
     assert set(rows) == {"subject-1", "subject-2", "subject-3", "../../../escaped", "twin"}
     assert (rows["../../../escaped"]["status"], rows["../../../escaped"]["reason"]) == ("rejected", "bad_id")
@@ -159,6 +178,10 @@ def test_manifest_input_with_ids_and_bad_rows(local_ray, samples_dir, tmp_path):
     assert (rows["subject-2"]["status"], rows["subject-2"]["reason"]) == ("rejected", "bad_keypoints")
     assert "keypoints" in rows["subject-2"]["detail"]
     assert (rows["subject-3"]["status"], rows["subject-3"]["reason"]) == ("failed", "not_found")
+    assert rows["subject-3"]["source_uri"] == str(tmp_path / "missing.jpg")  # absolute, as given
+    tables = [pq.read_table(o / "manifest" / "manifest.parquet") for o in (out, folder_run[2])]
+    assert tables[0].schema == tables[1].schema == manifest_schema()
+    assert pa.concat_tables(tables).num_rows == 6 + tables[1].num_rows
 
 
 def test_s3_in_and_out_through_a_real_endpoint(local_ray, s3_endpoint, samples_dir):
@@ -248,43 +271,6 @@ def test_only_infrastructure_faults_rerun_an_attempt():
     # A task's own error, even wrapped by Ray, is a bug: a rerun would meet it again.
     assert not is_infrastructure_fault(rex.RayTaskError("map", "traceback", ImportError("cannot import name 'FitInput'")))
     assert not is_infrastructure_fault(wrapped(ValueError("bad value")))
-
-
-def test_exit_status_counts_failed_rows_only_and_config_comes_from_s3_with_overrides(local_ray, s3_endpoint, samples_dir, folder_run, tmp_path, capsys):
-    """Rejected rows do not count towards max_failed_ratio, failed rows do: a run with 3 of each,
-    its config read from s3:// with a --set override, exits non-zero and says which threshold
-    applied; its manifest has the fixed schema and concatenates with another run's without casting."""
-    import boto3
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from avatar_forge.cli import EXIT_TOO_MANY_FAILED, main
-    from jobs.manifest import manifest_schema
-
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    s3.create_bucket(Bucket="configs")
-    s3.put_object(Bucket="configs", Key="jobs/fast.yaml", Body=JobConfig.model_validate(FAST).to_yaml().encode())
-    lines = []
-    for name in ("empty.jpg", "notes.png", "tiny.png"):
-        (tmp_path / name).write_bytes(bad_files(samples_dir)[name][0])
-        lines.append({"uri": str(tmp_path / name)})
-    lines += [{"uri": str(tmp_path / f"gone-{i}.jpg")} for i in range(3)]
-    inputs = tmp_path / "inputs.jsonl"
-    inputs.write_text("\n".join(json.dumps(line) for line in lines))
-    out = tmp_path / "out"
-    code = main(["batch", str(inputs), str(out), "--config", "s3://configs/jobs/fast.yaml", "--set", "stages.track.batch_size=3", "--no-progress"])
-    printed = capsys.readouterr().out
-    assert code == EXIT_TOO_MANY_FAILED, printed
-    assert f"failed rows: 3 of 6 (50.00%); max_failed_ratio 0.05 (from --config): FAILED (exit {EXIT_TOO_MANY_FAILED})" in printed
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["statuses"] == {"rejected": 3, "failed": 3} and summary["reasons"]["failed:not_found"] == 3 and summary["passed"] is False
-    saved = JobConfig.load(str(out / "job_config.yaml"))
-    assert saved.stages.track.batch_size == 3 and saved.pipeline == JobConfig.model_validate(FAST).pipeline
-
-    tables = [pq.read_table(o / "manifest" / "manifest.parquet") for o in (out, folder_run[2])]  # and a run with ok rows
-    assert all(r["source_uri"].startswith(str(tmp_path)) for r in tables[0].to_pylist())  # absolute, as given
-    assert tables[0].schema == tables[1].schema == manifest_schema()
-    assert pa.concat_tables(tables).num_rows == 6 + tables[1].num_rows
 
 
 @pytest.mark.parametrize(
