@@ -294,15 +294,22 @@ def _threshold_source(args: argparse.Namespace, config) -> str:
     return "from --config" if "max_failed_ratio" in config.model_fields_set else "the default"
 
 
-def cmd_batch(args: argparse.Namespace) -> int:
-    from jobs.batch import run_job
+def batch_config(args: argparse.Namespace):
+    """`batch`'s JobConfig: ``--config`` (or the defaults), then each ``--set``, then
+    ``--max-failed-ratio``."""
     from jobs.config import JobConfig
 
     overrides = list(args.set) + ([f"max_failed_ratio={args.max_failed_ratio}"] if args.max_failed_ratio is not None else [])
     try:
-        config = JobConfig.load(args.config, overrides)
+        return JobConfig.load(args.config, overrides)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from err
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from jobs.batch import run_job
+
+    config = batch_config(args)
     try:
         summary = run_job(args.input, args.output, config, limit=args.limit, progress=not args.no_progress)
     except ValueError as err:

@@ -284,13 +284,12 @@ def test_only_infrastructure_faults_rerun_an_attempt():
 def test_the_verdict_names_where_its_threshold_came_from(argv, passed, source):
     """The final table's verdict and the exit status for each place a threshold can come from
     (the job itself, with its config from --config, runs above)."""
-    from avatar_forge.cli import EXIT_TOO_MANY_FAILED, _outcome_table, _threshold_source, build_parser
+    from avatar_forge.cli import EXIT_TOO_MANY_FAILED, _outcome_table, _threshold_source, batch_config, build_parser
     from jobs.batch import summarise
     from jobs.manifest import Counts
 
     args = build_parser().parse_args(["batch", "in", "out", *argv])
-    overrides = list(args.set) + ([f"max_failed_ratio={args.max_failed_ratio}"] if args.max_failed_ratio is not None else [])
-    config = JobConfig.load(None, overrides)
+    config = batch_config(args)
     counts = Counts()
     for status, reason in [("rejected", "too_small")] * 3 + [("failed", "not_found")] * 3:
         counts.add({"status": status, "reason": reason, "resumed": False})
