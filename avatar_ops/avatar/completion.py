@@ -363,11 +363,15 @@ def clean_prints(colour: np.ndarray, known: np.ndarray, faces: np.ndarray, confi
             # Regions of a few vertices are the blend along an edge between two colours: not
             # surroundings of their own.
             around = around[size[around] >= config.min_region]
-            # Neighbours of the region's own colour are pieces of the same print.
-            around = around[np.linalg.norm(mean[around] - mean[region], axis=1) >= 2 * config.region_tolerance]
+            # Neighbours of the region's own colour are pieces of the same print, or of the same
+            # garment: a hem's lit piece between the shirt and the trousers is not enclosed by
+            # the trousers, since the shirt it continues is as large as the print would be.
+            alike = np.linalg.norm(mean[around] - mean[region], axis=1) < 2 * config.region_tolerance
+            piece = size[region] + size[around[alike]].sum()
+            around = around[~alike]
             if size[region] == 0 or len(around) == 0 or changed[around].any() or changed[region]:
                 continue
-            if size[region] > config.max_print_fraction * size[around].sum():
+            if piece > config.max_print_fraction * size[around].sum():
                 continue
             if unseen_rim[region] > config.max_unseen_edge * (rim[region] + unseen_rim[region]):
                 continue

@@ -365,6 +365,33 @@ def test_a_prints_blended_edge_is_taken_out_with_it():
     assert np.abs(cleaned[~printed & known] - red).max() < 1e-6  # the shirt itself is untouched
 
 
+def test_a_hem_piece_between_the_shirt_and_the_trousers_is_not_a_print():
+    """A lit piece of a hem, a little lighter than the shirt it ends (more than one region
+    tolerance, under two), between the shirt and the trousers: it continues the shirt, so it is
+    not a print enclosed by the trousers. (It took the trousers' colour, and came round the back
+    as a dark notch in the hem: the shirt, being alike, was not counted round it.)"""
+    from avatar_ops.avatar.completion import CompletionConfig, clean_prints
+
+    n = 32
+    ys, xs = np.mgrid[0:n, 0:n]
+    index = ys * n + xs
+    quads = index[:-1, :-1].ravel(), index[:-1, 1:].ravel(), index[1:, :-1].ravel(), index[1:, 1:].ravel()
+    faces = np.concatenate([np.stack([quads[0], quads[1], quads[2]], 1), np.stack([quads[1], quads[3], quads[2]], 1)])
+    shirt, lit, trousers = np.array([0.6, 0.6, 0.6]), np.array([0.7, 0.7, 0.69]), np.array([0.08, 0.09, 0.09])
+    colour = np.tile(shirt, (n * n, 1))
+    colour[(ys >= 20).ravel()] = trousers
+    piece = (ys >= 18) & (ys < 20) & (xs >= 10) & (xs < 22)
+    colour[piece.ravel()] = lit
+    known = np.ones(n * n, bool)
+    known[((xs < 2) | (xs >= n - 2)).ravel()] = False  # the garments wrap round out of sight at both sides
+    config = CompletionConfig()
+    gap = np.linalg.norm(lit - shirt)
+    assert config.region_tolerance < gap < 2 * config.region_tolerance and piece.sum() >= config.min_region
+    cleaned = clean_prints(colour, known, faces, config)
+    assert np.abs(cleaned[piece.ravel()] - lit).max() < 1e-6, cleaned[piece.ravel()].mean(0)
+    assert np.abs(cleaned[known] - colour[known]).max() < 1e-6  # nothing else is a print either
+
+
 def test_the_hair_is_read_where_the_seen_scalp_takes_in_forehead(anny_body):
     """A front view shows a thin band of scalp, and a body whose head sits a little off the photo's
     reads forehead onto most of it: the hair is still the hair's colour, not a blend with skin,
