@@ -13,7 +13,8 @@ What the photo cannot see is protected:
   reconstruction's completion, and poorly seen ones are held to it by anchor terms: colour, and
   size and opacity (the outline's Gaussians, seen edge-on, may move to fit the silhouette, but a
   disc grown or thinned for an edge-on view shows from behind as a smear or a hole);
-* hands keep their (skin) colour;
+* hands keep their (skin) colour, and a Gaussian of another part lying in the photo's own hands
+  (as the hand detector saw them) keeps its colour too: a hand resting on a thigh is not the thigh;
 * the part limits (:mod:`avatar_ops.avatar.limits`) hold offsets, scales, anisotropy and opacity:
   hinge penalties before a limit, an exact projection after every step. Rotations stay turns
   about the normal, so every Gaussian stays a flat disc on its triangle;
@@ -179,15 +180,34 @@ def _view_loss(render, image: Tensor, mask: Tensor, band: Tensor, cfg: FitConfig
     return (1 - cfg.ssim_weight) * l1 + cfg.ssim_weight * dssim + cfg.alpha_weight * (alpha - mask).abs().mean()
 
 
-def _lookup(where: Tensor, points: Tensor, camera: Cameras) -> Tensor:
-    """[N] the [H, W] map's values at the pixels of [N, 3] world points in a one-camera ``camera``
-    (False off the image)."""
+def _pixels(points: Tensor, camera: Cameras) -> tuple[Tensor, Tensor]:
+    """[N, 2] the pixels (x, y, long) of [N, 3] world points in a one-camera ``camera``, and [N]
+    their depths."""
     view, k = camera.viewmats[0], camera.Ks[0]
     cam = points @ view[:3, :3].T + view[:3, 3]
     uv = cam[:, :2] / cam[:, 2:3].clamp(min=1e-3) * torch.stack([k[0, 0], k[1, 1]]) + k[:2, 2]
-    px = uv.floor().long()
-    inside = (px[:, 0] >= 0) & (px[:, 0] < where.shape[1]) & (px[:, 1] >= 0) & (px[:, 1] < where.shape[0]) & (cam[:, 2] > 0)
+    return uv.floor().long(), cam[:, 2]
+
+
+def _lookup(where: Tensor, points: Tensor, camera: Cameras) -> Tensor:
+    """[N] the [H, W] map's values at the pixels of [N, 3] world points in a one-camera ``camera``
+    (False off the image)."""
+    px, depth = _pixels(points, camera)
+    inside = (px[:, 0] >= 0) & (px[:, 0] < where.shape[1]) & (px[:, 1] >= 0) & (px[:, 1] < where.shape[0]) & (depth > 0)
     return inside & where[px[:, 1].clamp(0, where.shape[0] - 1), px[:, 0].clamp(0, where.shape[1] - 1)]
+
+
+def _reaching(region: Tensor, means: Tensor, radius: Tensor, camera: Cameras) -> Tensor:
+    """[N] bool: Gaussians (centres [N, 3], footprint radii [N] metres) whose footprint in a
+    one-camera ``camera`` reaches into the [H, W] bool ``region`` (at the camera's resolution)."""
+    from scipy import ndimage
+
+    away = torch.from_numpy(ndimage.distance_transform_edt(~region.cpu().numpy())).to(means)  # pixels to the region
+    px, depth = _pixels(means, camera)
+    h, w = region.shape
+    inside = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h) & (depth > 0)
+    reach = radius * camera.Ks[0, 0, 0] / depth.clamp(min=1e-3)
+    return inside & (away[px[:, 1].clamp(0, h - 1), px[:, 0].clamp(0, w - 1)] <= reach + 0.5)
 
 
 def _gated(value: Tensor, weight: Tensor) -> Tensor:
@@ -211,6 +231,7 @@ class _Problem:
     weights: list[float]
     read: Tensor  # [N] bool: Gaussians whose colour reconstruction read from the photo
     placed: Tensor  # [N] bool: Gaussians on parts the photo places (feet out of frame are not)
+    in_hands: Tensor | None = None  # [N] bool: Gaussians (not of a hand) in the photo's hands, whose colour is not fitted
 
 
 class FittingOperator(BodyOperator):
@@ -313,6 +334,8 @@ class FittingOperator(BodyOperator):
             labelled = torch.stack([w for w, _, _ in g[1:]]).amax(0) > 0 if len(g) > 1 else torch.zeros_like(p.read)
             readable = (p.read | labelled) if cfg.colour_where_read else torch.ones_like(p.read)
             colour = (s > 0).float() * (readable & p.placed & ((part != Part.HAND) | cfg.fit_hand_colours)).float()
+            if p.in_hands is not None:
+                colour = colour * (~p.in_hands).float()
             for name in self.PARAMS:
                 keep = colour if name == "color" else movable
                 q[name].register_hook(lambda grad, keep=keep: grad * keep.view(-1, *([1] * (grad.ndim - 1))))
@@ -394,6 +417,12 @@ class FittingOperator(BodyOperator):
         image = F.interpolate(image, size=(cams.height, cams.width), mode="area")[0].permute(1, 2, 0)
         placed = rec.placed.to(dev) if rec.placed is not None else torch.ones_like(rec.seen, device=dev)
         problem = _Problem(avatar, rec.neighbours.to(dev), [image], [self._photo_mask(rec, cams)], [cams], [avatar.source_pose], [avatar.source_transl], [1.0], rec.seen.to(dev), placed)
+        if rec.unread is not None:  # where the photo shows its hands, a Gaussian reaching them is not fitted to them
+            region = F.interpolate(rec.unread.to(dev).float()[None, None], size=(cams.height, cams.width), mode="area")[0, 0] > 0
+            with torch.no_grad():
+                posed = avatar.posed(self.body, avatar.source_pose[None], avatar.source_transl[None])
+            radius = 2 * posed["scales"].amax(1)  # two standard deviations: nearly all of its footprint
+            problem.in_hands = _reaching(region, posed["means"][0], radius, cams) & (self.face_parts[avatar.face] != Part.HAND)
         for label in labels:
             image, mask, cam = self._label_at_resolution(label, resolution)
             problem.images.append(image)

@@ -72,6 +72,7 @@ class ReconstructConfig(FrozenConfig):
     inward: float = Field(0.4, ge=0, le=1, description="Gaussians sit this many in-surface scales below the surface, so their footprints end where the surface does (outlines from every side as tight as the body's).")
     seed: int = Field(0, description="Seeds the surface sampling.")
     min_keypoint_confidence: float = Field(0.3, ge=0, le=1, description="Feet and shins whose keypoints are all below this confidence (out of frame) neither read the photo nor take its colour in the fit.")
+    hand_margin: float = Field(0.15, ge=0, le=1, description="The photo's hands, as the hand detector saw them (each hand's landmarks' outline, grown by this fraction of the hand's size), are read by no part of the body where the fitted body shows no hand or forearm of its own: a hand resting on a thigh is not the thigh, and a body fitted a little off would wear it there (hands take skin).")
 
 
 @dataclasses.dataclass
@@ -89,7 +90,8 @@ class ReconstructResult:
     (None without one), and quality figures (``coverage_*``: the fraction of each part group
     the photo shows). ``placed`` [N] bool: Gaussians on parts the photo places (None: all); the
     rest, on feet and shins whose keypoints are out of frame, neither read the photo nor take
-    its colour in the fit."""
+    its colour in the fit. ``unread`` [H, W] bool: the photo's pixels whose colour no Gaussian
+    takes, in reconstruction or in the fit (the photo's hands; None: none)."""
 
     avatar: GaussianAvatar
     neighbours: Tensor
@@ -97,6 +99,7 @@ class ReconstructResult:
     mask: Tensor | None
     quality: dict[str, float]
     placed: Tensor | None = None
+    unread: Tensor | None = None
 
 
 @dataclasses.dataclass
@@ -117,6 +120,37 @@ class Layout:
             opacity_logit=torch.full((n,), math.log(opacity / (1 - opacity)), device=dev), color=color.clamp(0, 1),
             source_pose=pose.clone(), source_transl=transl.clone(), source_K=K.clone(), width=width, height=height,
         )  # fmt: skip
+
+
+def photo_hands(hands: dict[str, dict], width: int, height: int, margin: float) -> np.ndarray | None:
+    """[H, W] bool: the photo's hands as the hand detector saw them (``TrackResult.hands``: per
+    side, ``keypoints`` [21, 3] pixels), each its landmarks' convex outline grown by ``margin``
+    times the hand's size (the larger side of the landmarks' box: fingers are wider than the
+    lines through their joints); None when no hand was seen."""
+    from PIL import Image, ImageDraw
+    from scipy.spatial import ConvexHull, QhullError
+
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    drawn = False
+    for hand in hands.values():
+        points = np.asarray(hand.get("keypoints", ()), dtype=np.float64).reshape(-1, 3)[:, :2]
+        points = points[np.isfinite(points).all(1)]
+        if len(points) < 3:
+            continue
+        try:
+            outline = points[ConvexHull(points).vertices]
+        except QhullError:  # landmarks on a line: no area to draw
+            continue
+        grow = margin * float((points.max(0) - points.min(0)).max())
+        ring = [tuple(p) for p in outline]
+        draw.polygon(ring, fill=255)
+        if grow > 0:  # the outline grown by a disc: thick edges and round corners
+            draw.line(ring + ring[:1], fill=255, width=max(1, round(2 * grow)))
+            for x, y in ring:
+                draw.ellipse((x - grow, y - grow, x + grow, y + grow), fill=255)
+        drawn = True
+    return np.asarray(canvas) > 0 if drawn else None
 
 
 def sample_surface(vertices: Tensor, faces: Tensor, count: int, seed: int, face_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -229,8 +263,18 @@ class ReconstructionOperator(BodyOperator):
             # No mask: the body's own silhouette stands in for it (nothing is pushed out).
             mask = torch.nn.functional.interpolate(view.frags.mask.float()[None, None], size=(track.height, track.width), mode="nearest")[0, 0] > 0.5
         image = torch.from_numpy(rgb).to(dev).float() / 255.0
+        # Where the photo's colours are read: the mask without the photo's own hands, where the
+        # fitted body shows no hand or forearm of its own (a body fitted off puts the thigh there).
+        hands = photo_hands(track.hands, track.width, track.height, cfg.hand_margin)
+        unread = None
+        if hands is not None:
+            own = view.frags.mask & torch.isin(self.face_parts.part[view.frags.face.clamp(min=0)], torch.tensor([int(Part.HAND), int(Part.FOREARM)], device=dev))
+            own = torch.nn.functional.interpolate(own.float()[None, None], size=(track.height, track.width), mode="nearest")[0, 0] > 0.5
+            unread = torch.from_numpy(hands).to(dev) & ~own
+            unread = unread if bool(unread.any()) else None
+        read_mask = mask if unread is None else mask & ~unread
         fine_verts = self.fine.vertices(verts)
-        obs = observe(image, mask, self.fine.view(view), fine_verts, self.fine.faces, vertex_normals(fine_verts, self.fine.faces), cfg.completion, self.fine_face_part, self.fine_parts.part)
+        obs = observe(image, read_mask, self.fine.view(view), fine_verts, self.fine.faces, vertex_normals(fine_verts, self.fine.faces), cfg.completion, self.fine_face_part, self.fine_parts.part)
         placed_vertex = self._placed(track.keypoints, self.fine_parts)
         obs = dataclasses.replace(obs, known=obs.known & placed_vertex, weight=torch.where(placed_vertex, obs.weight, torch.zeros_like(obs.weight)))
         completion = complete(obs, self.fine.vertices(rest.vertices[0]), rest.keypoints[0], self.fine_parts, self.fine.faces, cfg.completion)
@@ -256,8 +300,8 @@ class ReconstructionOperator(BodyOperator):
         pushed = points + offset[:, None] * normal
         # Seen: visible, squarely enough, and inside the mask away from its edge, both on the body
         # and where the Gaussian sits once pushed out (clothing), so no background is read.
-        on_body, _ = readable(mask, view, cfg.completion, self.face_parts.part)
-        small_mask, dist = edge_distance(mask, view.width, view.height)
+        on_body, _ = readable(read_mask, view, cfg.completion, self.face_parts.part)
+        small_mask, dist = edge_distance(read_mask, view.width, view.height)
         margin = part_margins(small_mask, cfg.completion, part == Part.FOOT)
 
         def at(where: Tensor, points: Tensor) -> Tensor:
@@ -280,7 +324,7 @@ class ReconstructionOperator(BodyOperator):
         weight = weight / weight.sum(1, keepdim=True).clamp(min=1e-12)
         colour = (weight[:, :, None] * completion.colour[corners_fine]).sum(1)
         colour = torch.where(seen[:, None], _sample_image(image, uv), colour)
-        colour = self._patch_colours(colour, seen, points, verts, k, image, mask, track)
+        colour = self._patch_colours(colour, seen, points, verts, k, image, read_mask, track)
         avatar = layout.avatar(body.name, shape[0], colour, pose[0], transl[0], k, track.width, track.height, cfg.initial_opacity, offset)
         cfg.limits.project(part, avatar.offset, avatar.rotation, avatar.log_scale, avatar.opacity_logit)
 
@@ -293,7 +337,7 @@ class ReconstructionOperator(BodyOperator):
         }  # fmt: skip
         if has_mask:
             quality["mask_coverage"], quality["mask_iou"] = silhouette_agreement(avatar, body, mask)
-        return ReconstructResult(avatar=avatar, neighbours=neighbours, seen=seen, mask=mask if has_mask else None, quality=quality, placed=placed)
+        return ReconstructResult(avatar=avatar, neighbours=neighbours, seen=seen, mask=mask if has_mask else None, quality=quality, placed=placed, unread=unread)
 
     def _placed(self, keypoints: np.ndarray, parts: BodyParts) -> Tensor:
         """[len(parts)] bool: False on the feet and shins (:data:`PLACED_BY`) of a side whose

@@ -60,6 +60,8 @@ def payload_to_bytes(payload: Payload) -> bytes:
             arrays["reconstruction.placed"] = rec.placed.cpu().numpy()
         if rec.mask is not None:
             arrays["reconstruction.mask"] = rec.mask.cpu().numpy()
+        if rec.unread is not None:
+            arrays["reconstruction.unread"] = rec.unread.cpu().numpy()
     if payload.synthesis is not None:
         syn = payload.synthesis
         meta["synthesis"] = {"modes": syn.modes, "weights": syn.weights, "refined": syn.refined, "width": syn.cameras.width, "height": syn.cameras.height}
@@ -92,6 +94,7 @@ def payload_from_bytes(data: bytes, device: torch.device | str = "cpu") -> Paylo
             avatar=avatar_from_bytes(arrays["reconstruction.avatar"].tobytes()).to(device), neighbours=tensor("reconstruction.neighbours"),
             seen=tensor("reconstruction.seen"), mask=tensor("reconstruction.mask") if "reconstruction.mask" in arrays else None,
             quality=meta["reconstruction"]["quality"], placed=tensor("reconstruction.placed") if "reconstruction.placed" in arrays else None,
+            unread=tensor("reconstruction.unread") if "reconstruction.unread" in arrays else None,
         )  # fmt: skip
     if "synthesis" in meta:
         syn = meta["synthesis"]

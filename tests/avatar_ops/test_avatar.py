@@ -165,11 +165,11 @@ def test_gaussians_ride_on_the_skinned_mesh(reconstructed, anny_body):
 @pytest.mark.parametrize("name", PHOTOS)
 def test_preview_fit_matches_the_photo_inside_the_mask(fitted_all, name):
     q = fitted_all[name].quality
-    # At the preview's 256-pixel supervision. Measured: 27.8, 27.0 and 24.2 dB; the half-body photo
-    # (fruit and hands in front of the body, a finer print) is the hardest. The bars sit 1 dB or
-    # more below, so a machine's rounding cannot fail them, and a broken fit (15-21 dB before it)
-    # cannot pass.
-    assert q["psnr"] >= (23.0 if name.startswith("elder") else 26.0), q
+    # At the preview's 256-pixel supervision. Measured: 26.8, 27.2 and 24.4 dB; the half-body photo
+    # (fruit and hands in front of the body, a finer print) is the hardest. The bars sit 1.3 dB or
+    # more below (the hoodie's 26 dB bar sat 0.8 dB under it), so a machine's rounding cannot fail
+    # them, and a broken fit (15-21 dB before it) cannot pass.
+    assert q["psnr"] >= (23.0 if name.startswith("elder") else 25.5), q
     assert q["psnr"] > q["psnr_before"] + 3.0, q
 
 

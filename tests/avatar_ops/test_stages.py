@@ -71,6 +71,9 @@ def test_the_chain_and_which_items_a_stage_takes(anny_body):
 
 def test_payload_bytes_round_trip_exactly(anny_body, shot):
     payload = _tracked(shot, id="abc", out_dir="memory://out", preset="standard", synthesis_mode="view", keypoints=[shot.track.keypoints])
+    # A hand the detector saw (its landmarks a small fan at the photo's centre): the pixels no Gaussian reads travel too.
+    fan = np.stack([80 + 10 * np.cos(np.linspace(0, 3, 21)), 80 + 10 * np.sin(np.linspace(0, 3, 21)), np.ones(21)], 1).astype(np.float32)
+    payload.track = dataclasses.replace(shot.track, hands={"left": {"tracked": False, "keypoints": fan}})
     payload.image = DecodedImage(rgb=shot.rgb, alpha=np.full(shot.rgb.shape[:2], 200, np.uint8), format="png", mode="RGBA", scale=0.5, notes=("EXIF orientation not applied",))
     Stage("reconstruct", CONFIG, anny_body).run([payload])
     payload.avatar = payload.reconstruction.avatar
@@ -84,7 +87,8 @@ def test_payload_bytes_round_trip_exactly(anny_body, shot):
     assert (back.image.format, back.image.mode, back.image.scale, back.image.notes) == ("png", "RGBA", 0.5, ("EXIF orientation not applied",))
     assert back.track.to_json() == payload.track.to_json()
     np.testing.assert_array_equal(back.track.mask, payload.track.mask)
-    for name in ("neighbours", "seen", "mask", "placed"):
+    assert payload.reconstruction.unread is not None and payload.reconstruction.unread.any()
+    for name in ("neighbours", "seen", "mask", "placed", "unread"):
         torch.testing.assert_close(getattr(back.reconstruction, name), getattr(payload.reconstruction, name), atol=0, rtol=0)
     for avatar, original in ((back.reconstruction.avatar, payload.reconstruction.avatar), (back.avatar, payload.avatar)):
         for f in dataclasses.fields(original):
