@@ -331,6 +331,15 @@ def test_legs_out_of_frame_get_a_plain_lower_body_and_the_row_says_so(anny_body,
     assert rec.quality["coverage_feet"] == 0.0 and rebuilt.quality["coverage_feet"] > 0
 
 
+def grid(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A flat n x n grid of vertices (row-major): [n, n] row and column indices and [F, 3] faces
+    (two triangles per square)."""
+    ys, xs = np.mgrid[0:n, 0:n]
+    index = ys * n + xs
+    quads = index[:-1, :-1].ravel(), index[:-1, 1:].ravel(), index[1:, :-1].ravel(), index[1:, 1:].ravel()
+    return ys, xs, np.concatenate([np.stack([quads[0], quads[1], quads[2]], 1), np.stack([quads[1], quads[3], quads[2]], 1)])
+
+
 def test_a_prints_blended_edge_is_taken_out_with_it():
     """Read sharply, a striped print has an edge of its own: a band a little off the shirt's colour
     (the shirt blended with the ink), wide enough to count as a region. Stripes and edge are taken
@@ -339,10 +348,7 @@ def test_a_prints_blended_edge_is_taken_out_with_it():
     from avatar_ops.avatar.completion import CompletionConfig, clean_prints
 
     n = 32
-    ys, xs = np.mgrid[0:n, 0:n]
-    index = ys * n + xs
-    quads = index[:-1, :-1].ravel(), index[:-1, 1:].ravel(), index[1:, :-1].ravel(), index[1:, 1:].ravel()
-    faces = np.concatenate([np.stack([quads[0], quads[1], quads[2]], 1), np.stack([quads[1], quads[3], quads[2]], 1)])
+    ys, xs, faces = grid(n)
     red, blue, white = np.array([0.8, 0.13, 0.13]), np.array([0.47, 0.62, 0.81]), np.array([0.9, 0.9, 0.9])
     edge_colour = 0.8 * red + 0.2 * blue  # 0.17 from the shirt: more than one region tolerance, under two
     colour = np.tile(red, (n * n, 1))
@@ -373,10 +379,7 @@ def test_a_hem_piece_between_the_shirt_and_the_trousers_is_not_a_print():
     from avatar_ops.avatar.completion import CompletionConfig, clean_prints
 
     n = 32
-    ys, xs = np.mgrid[0:n, 0:n]
-    index = ys * n + xs
-    quads = index[:-1, :-1].ravel(), index[:-1, 1:].ravel(), index[1:, :-1].ravel(), index[1:, 1:].ravel()
-    faces = np.concatenate([np.stack([quads[0], quads[1], quads[2]], 1), np.stack([quads[1], quads[3], quads[2]], 1)])
+    ys, xs, faces = grid(n)
     shirt, lit, trousers = np.array([0.6, 0.6, 0.6]), np.array([0.7, 0.7, 0.69]), np.array([0.08, 0.09, 0.09])
     colour = np.tile(shirt, (n * n, 1))
     colour[(ys >= 20).ravel()] = trousers
