@@ -9,6 +9,8 @@
    colour at their pixel; all others take the completed field. Hands always take skin. Feet and
    shins whose keypoints the photo does not show (out of frame) are never seen: a half-body
    photo's fitted legs are a guess, and their feet would read whatever the frame shows there.
+   Nor is any part where the photo shows a hand (the hand detector's) and the fitted body has no
+   hand or forearm of its own: a hand resting on a thigh is not the thigh.
 4. Clothing and hair: where the mask reaches beyond the body, the body's outline is pushed out
    along its normals to the mask's edge, and every ring of the part (front, sides and back) is
    pushed by its outline's median, so a coat is as wide behind as in front.
