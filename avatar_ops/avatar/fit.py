@@ -180,21 +180,24 @@ def _view_loss(render, image: Tensor, mask: Tensor, band: Tensor, cfg: FitConfig
     return (1 - cfg.ssim_weight) * l1 + cfg.ssim_weight * dssim + cfg.alpha_weight * (alpha - mask).abs().mean()
 
 
-def _pixels(points: Tensor, camera: Cameras) -> tuple[Tensor, Tensor]:
-    """[N, 2] the pixels (x, y, long) of [N, 3] world points in a one-camera ``camera``, and [N]
-    their depths."""
+def _at_pixels(values: Tensor, points: Tensor, camera: Cameras) -> tuple[Tensor, Tensor, Tensor]:
+    """For [N, 3] world points in a one-camera ``camera``: [N] bool whether each lands on the
+    image (in front of the camera), [N] the [H, W] map ``values`` at its pixel (the nearest edge
+    pixel off the image) and [N] its depth."""
     view, k = camera.viewmats[0], camera.Ks[0]
     cam = points @ view[:3, :3].T + view[:3, 3]
     uv = cam[:, :2] / cam[:, 2:3].clamp(min=1e-3) * torch.stack([k[0, 0], k[1, 1]]) + k[:2, 2]
-    return uv.floor().long(), cam[:, 2]
+    px = uv.floor().long()
+    h, w = values.shape
+    inside = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h) & (cam[:, 2] > 0)
+    return inside, values[px[:, 1].clamp(0, h - 1), px[:, 0].clamp(0, w - 1)], cam[:, 2]
 
 
 def _lookup(where: Tensor, points: Tensor, camera: Cameras) -> Tensor:
-    """[N] the [H, W] map's values at the pixels of [N, 3] world points in a one-camera ``camera``
-    (False off the image)."""
-    px, depth = _pixels(points, camera)
-    inside = (px[:, 0] >= 0) & (px[:, 0] < where.shape[1]) & (px[:, 1] >= 0) & (px[:, 1] < where.shape[0]) & (depth > 0)
-    return inside & where[px[:, 1].clamp(0, where.shape[0] - 1), px[:, 0].clamp(0, where.shape[1] - 1)]
+    """[N] the [H, W] bool map's values at the pixels of [N, 3] world points in a one-camera
+    ``camera`` (False off the image)."""
+    inside, value, _ = _at_pixels(where, points, camera)
+    return inside & value
 
 
 def _reaching(region: Tensor, means: Tensor, radius: Tensor, camera: Cameras) -> Tensor:
@@ -203,11 +206,8 @@ def _reaching(region: Tensor, means: Tensor, radius: Tensor, camera: Cameras) ->
     from scipy import ndimage
 
     away = torch.from_numpy(ndimage.distance_transform_edt(~region.cpu().numpy())).to(means)  # pixels to the region
-    px, depth = _pixels(means, camera)
-    h, w = region.shape
-    inside = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h) & (depth > 0)
-    reach = radius * camera.Ks[0, 0, 0] / depth.clamp(min=1e-3)
-    return inside & (away[px[:, 1].clamp(0, h - 1), px[:, 0].clamp(0, w - 1)] <= reach + 0.5)
+    inside, distance, depth = _at_pixels(away, means, camera)
+    return inside & (distance <= radius * camera.Ks[0, 0, 0] / depth.clamp(min=1e-3) + 0.5)
 
 
 def _gated(value: Tensor, weight: Tensor) -> Tensor:
