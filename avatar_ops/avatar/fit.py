@@ -65,7 +65,7 @@ class FitConfig(FrozenConfig):
     fit_hand_colours: bool = Field(True, description="Fit the hands' colours to the photo (else they keep the skin colour they were completed with: hands in photos are small, often blurred, and often hold something).")
     ring_width: float = Field(RING_WIDTH, gt=0, description="Length (metres) of the rings the fit's push-out is carried round (to the Gaussians no view moves).")
     body_reach: int = Field(2, ge=0, description="Pixels (at the fit's resolution) beyond the body's own silhouette a Gaussian may sit and still have its colour fitted.")
-    colour_where_read: bool = Field(False, description="Fit colour only on the Gaussians whose colour reconstruction read from the photo (or a pseudo-label shows); else on every Gaussian the photo shows.")
+    unread_colour_reach: float = Field(0.2, ge=0, le=1, description="How far (per channel, colours in [0, 1]) the fit may move the colour of a Gaussian whose colour reconstruction did not read from the photo (nor a pseudo-label shows, nor a hand). Reconstruction leaves bands along the body's own outline and its inner outlines unread: there the photo may show what lies behind or in front of the body, and hair hanging behind the neck painted the neck black. 0: only what reconstruction read is fitted; 1: every Gaussian the photo shows, as far as the photo says.")
     offset_range: float = Field(0.03, ge=0, description="Furthest (metres) the fit may move a Gaussian's offset from the reconstruction's.")
     laplacian_weight: float = Field(1.0, ge=0, description="Weight of the offset and colour smoothness between neighbours.")
     anchor_weight: float = Field(10.0, ge=0, description="Weight of the term holding colours to the reconstruction's, in proportion to how poorly the views see each Gaussian (summed over Gaussians, per photo pixel).")
@@ -325,15 +325,17 @@ class FittingOperator(BodyOperator):
             return [[next(flat) for _ in tris] for tris in chosen]
 
         params = [{name: getattr(p.avatar, name).clone().requires_grad_(True) for name in self.PARAMS} for p in problems]
+        bounded = []  # [N] bool per avatar: colours within `unread_colour_reach` of the reconstruction's
         for p, q, s, m, g, part in zip(problems, params, seen, shaped, gates, parts):
-            # Gaussians no view sees do not move at all. Colours are fitted where reconstruction
-            # could read the photo (inside the mask and on the body, away from both edges: a mask
-            # that bleeds over a gap between the legs must not paint the thighs with the
-            # background) or a pseudo-label shows them; hands keep their (skin) colour.
+            # Gaussians no view sees do not move at all. Colours are fitted freely where
+            # reconstruction could read the photo (inside the mask and on the body, away from both
+            # edges and the inner outlines) or a pseudo-label shows them, and on the hands unless
+            # `fit_hand_colours` is off; elsewhere only within `unread_colour_reach` of the
+            # reconstruction's: hair hanging behind the neck must not paint the neck.
             movable = m
             labelled = torch.stack([w for w, _, _ in g[1:]]).amax(0) > 0 if len(g) > 1 else torch.zeros_like(p.read)
-            readable = (p.read | labelled) if cfg.colour_where_read else torch.ones_like(p.read)
-            colour = (s > 0).float() * (readable & p.placed & ((part != Part.HAND) | cfg.fit_hand_colours)).float()
+            bounded.append(~(p.read | labelled | (part == Part.HAND)))
+            colour = (s > 0).float() * (p.placed & ((part != Part.HAND) | cfg.fit_hand_colours)).float()
             if p.in_hands is not None:
                 colour = colour * (~p.in_hands).float()
             for name in self.PARAMS:
@@ -360,11 +362,13 @@ class FittingOperator(BodyOperator):
             loss.backward()
             opt.step()
             with torch.no_grad():
-                for p, q, part in zip(problems, params, parts):
+                for p, q, part, unread in zip(problems, params, parts, bounded):
                     # Reconstruction decided how far clothing reaches; the fit refines it within
                     # `offset_range` (a mask that bleeds over a gap must not draw Gaussians into it).
                     q["offset"].copy_(torch.minimum(torch.maximum(q["offset"], p.avatar.offset - cfg.offset_range), p.avatar.offset + cfg.offset_range))
                     cfg.limits.project(part, q["offset"], q["rotation"], q["log_scale"], q["opacity_logit"])
+                    start, reach = p.avatar.color[unread], cfg.unread_colour_reach
+                    q["color"][unread] = torch.minimum(torch.maximum(q["color"][unread], start - reach), start + reach)
                     q["color"].clamp_(0, 1)
         fitted = [dataclasses.replace(p.avatar, **q).detach() for p, q in zip(problems, params)]
         for a, p, m, part in zip(fitted, problems, shaped, parts):

@@ -165,12 +165,28 @@ def test_gaussians_ride_on_the_skinned_mesh(reconstructed, anny_body):
 @pytest.mark.parametrize("name", PHOTOS)
 def test_preview_fit_matches_the_photo_inside_the_mask(fitted_all, name):
     q = fitted_all[name].quality
-    # At the preview's 256-pixel supervision. Measured: 26.8, 27.2 and 24.4 dB; the half-body photo
+    # At the preview's 256-pixel supervision. Measured: 26.6, 26.3 and 24.3 dB; the half-body photo
     # (fruit and hands in front of the body, a finer print) is the hardest. The bars sit 1.3 dB or
-    # more below (the hoodie's 26 dB bar sat 0.8 dB under it), so a machine's rounding cannot fail
-    # them, and a broken fit (15-21 dB before it) cannot pass.
-    assert q["psnr"] >= (23.0 if name.startswith("elder") else 25.5), q
+    # more below (the hoodie's 26 dB bar once sat 0.8 dB under it), so a machine's rounding cannot
+    # fail them, and a broken fit (15-21 dB before it) cannot pass.
+    assert q["psnr"] >= (22.5 if name.startswith("elder") else 25.0), q
     assert q["psnr"] > q["psnr_before"] + 3.0, q
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_the_fit_does_not_paint_the_neck_and_torso_with_what_lies_beside_them(fitted_all, reconstructed, anny_body, name):
+    """Along the body's own outline, and its inner outlines, the photo may show what lies behind
+    or in front of the body: the dress sample's hair hangs behind her neck, and where the fitted
+    neck overlaps it the fit painted the neck black (in every other view, a black patch under the
+    chin). Reconstruction leaves those bands unread; the fit moves their colours only a little.
+    Of the neck's and the torso's Gaussians, those the fit darkened by more than 0.3 in luminance
+    (hoodie, dress, elder): measured 12, 10 and 7; 23, 39 and 10 when the fit moved every colour the
+    photo shows as far as the photo said."""
+    rec, fitted = reconstructed[name].avatar, fitted_all[name].avatar
+    part = body_parts(anny_body).of_faces(anny_body.faces).part[rec.face]
+    luminance = torch.tensor([0.3, 0.59, 0.11])
+    darkened = ((rec.color - fitted.color) @ luminance > 0.3) & ((part == Part.NECK) | (part == Part.TORSO))
+    assert int(darkened.sum()) <= 16, int(darkened.sum())
 
 
 @pytest.mark.parametrize("name", PHOTOS)
