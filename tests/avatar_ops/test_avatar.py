@@ -166,10 +166,10 @@ def test_gaussians_ride_on_the_skinned_mesh(reconstructed, anny_body):
 def test_preview_fit_matches_the_photo_inside_the_mask(fitted_all, name):
     q = fitted_all[name].quality
     # At the preview's 256-pixel supervision. Measured: 26.6, 26.3 and 24.3 dB; the half-body photo
-    # (fruit and hands in front of the body, a finer print) is the hardest. The bars sit 1.3 dB or
-    # more below (the hoodie's 26 dB bar once sat 0.8 dB under it), so a machine's rounding cannot
-    # fail them, and a broken fit (15-21 dB before it) cannot pass.
-    assert q["psnr"] >= (22.5 if name.startswith("elder") else 25.0), q
+    # (fruit and hands in front of the body, a finer print) is the hardest. The bars sit more than
+    # 10 % below (2.8 dB or more), so a machine's rounding cannot fail them; the photos before the
+    # fit score 21.8, 20.9 and 15.2 dB, and the fit must gain 3 dB on top (below).
+    assert q["psnr"] >= (21.5 if name.startswith("elder") else 23.5), q
     assert q["psnr"] > q["psnr_before"] + 3.0, q
 
 

@@ -131,7 +131,9 @@ print(json.dumps(results))
 def test_expanding_and_long_archives_are_refused_with_little_memory(bombs, tmp_path):
     paths = []
     for name, data in bombs.items():
-        assert len(data) < 1.1e6, (name, len(data))  # about 1 MB on the wire
+        # A small upload: 1.06 MB and 0.91 MB with this machine's zlib (another deflate's blocks
+        # may be a few percent larger); what matters is the ratio to what they expand to.
+        assert len(data) < 2e6, (name, len(data))
         (tmp_path / f"{name}.npz").write_bytes(data)
         paths.append(str(tmp_path / f"{name}.npz"))
     with zipfile.ZipFile(io.BytesIO(bombs["expanding"])) as archive:
