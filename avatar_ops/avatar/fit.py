@@ -13,8 +13,12 @@ What the photo cannot see is protected:
   reconstruction's completion, and poorly seen ones are held to it by anchor terms: colour, and
   size and opacity (the outline's Gaussians, seen edge-on, may move to fit the silhouette, but a
   disc grown or thinned for an edge-on view shows from behind as a smear or a hole);
-* hands keep their (skin) colour, and a Gaussian of another part lying in the photo's own hands
-  (as the hand detector saw them) keeps its colour too: a hand resting on a thigh is not the thigh;
+* a Gaussian reconstruction did not read (the bands along the mask's edge and the body's own
+  and inner outlines, where the photo may show what lies behind or in front of the body) moves
+  its colour only a little (`unread_colour_reach`): hair hanging behind the neck is not the neck;
+* a Gaussian of another part lying in the photo's own hands (as the hand detector saw them)
+  keeps its colour: a hand resting on a thigh is not the thigh; with `fit_hand_colours` off, the
+  hands keep their (skin) colour too;
 * the part limits (:mod:`avatar_ops.avatar.limits`) hold offsets, scales, anisotropy and opacity:
   hinge penalties before a limit, an exact projection after every step. Rotations stay turns
   about the normal, so every Gaussian stays a flat disc on its triangle;
