@@ -329,7 +329,7 @@ class FittingOperator(BodyOperator):
             return [[next(flat) for _ in tris] for tris in chosen]
 
         params = [{name: getattr(p.avatar, name).clone().requires_grad_(True) for name in self.PARAMS} for p in problems]
-        bounded = []  # [N] bool per avatar: colours within `unread_colour_reach` of the reconstruction's
+        colour_bounds = []  # per avatar, [N, 3] lowest and highest colours: [0, 1], or within `unread_colour_reach` of the reconstruction's
         for p, q, s, m, g, part in zip(problems, params, seen, shaped, gates, parts):
             # Gaussians no view sees do not move at all. Colours are fitted freely where
             # reconstruction could read the photo (inside the mask and on the body, away from both
@@ -338,7 +338,10 @@ class FittingOperator(BodyOperator):
             # reconstruction's: hair hanging behind the neck must not paint the neck.
             movable = m
             labelled = torch.stack([w for w, _, _ in g[1:]]).amax(0) > 0 if len(g) > 1 else torch.zeros_like(p.read)
-            bounded.append(~(p.read | labelled | (part == Part.HAND)))
+            unread = ~(p.read | labelled | (part == Part.HAND))
+            reach = torch.where(unread, cfg.unread_colour_reach, 1.0)[:, None]
+            start = p.avatar.color.clamp(0, 1)
+            colour_bounds.append(((start - reach).clamp(min=0), (start + reach).clamp(max=1)))
             colour = (s > 0).float() * (p.placed & ((part != Part.HAND) | cfg.fit_hand_colours)).float()
             if p.in_hands is not None:
                 colour = colour * (~p.in_hands).float()
@@ -366,14 +369,12 @@ class FittingOperator(BodyOperator):
             loss.backward()
             opt.step()
             with torch.no_grad():
-                for p, q, part, unread in zip(problems, params, parts, bounded):
+                for p, q, part, (lowest, highest) in zip(problems, params, parts, colour_bounds):
                     # Reconstruction decided how far clothing reaches; the fit refines it within
                     # `offset_range` (a mask that bleeds over a gap must not draw Gaussians into it).
                     q["offset"].copy_(torch.minimum(torch.maximum(q["offset"], p.avatar.offset - cfg.offset_range), p.avatar.offset + cfg.offset_range))
                     cfg.limits.project(part, q["offset"], q["rotation"], q["log_scale"], q["opacity_logit"])
-                    start, reach = p.avatar.color[unread], cfg.unread_colour_reach
-                    q["color"][unread] = torch.minimum(torch.maximum(q["color"][unread], start - reach), start + reach)
-                    q["color"].clamp_(0, 1)
+                    q["color"].copy_(torch.minimum(torch.maximum(q["color"], lowest), highest))
         fitted = [dataclasses.replace(p.avatar, **q).detach() for p, q in zip(problems, params)]
         for a, p, m, part in zip(fitted, problems, shaped, parts):
             self._carry_round(a, p.avatar, m, part)
