@@ -76,6 +76,7 @@ class BodyFitConfig(FrozenConfig):
     coverage_weight: float = Field(1.0, ge=0, description="Weight of mask the body leaves uncovered, relative to body outside the mask (below 1, loose clothing and hair pull the body out less).")
     mask_resolution: int = Field(192, ge=32, description="Longer side of the mask used by the silhouette term.")
     silhouette_blur: float = Field(1.0, gt=0, le=8, description="Standard deviation (pixels at mask_resolution) of the Gaussian blur applied to both silhouettes: it widens the term's reach beyond the silhouette's edge.")
+    silhouette_split: float = Field(1.5, gt=0, description="Longest projected side (pixels at mask_resolution, as the last stage starts) of a triangle splatted whole: a longer one is cut into n x n parts (n up to 4), each splatting its share at its centroid. Splatted at one point, long triangles leave holes in the true body's soft silhouette, and the fit bends the body to fill them.")
 
 
 @dataclasses.dataclass
@@ -167,6 +168,19 @@ def joint_limit_penalty(pose: Tensor) -> Tensor:
     return pen
 
 
+def _part_centroids(n: int) -> Tensor:
+    """[n * n, 3] the barycentric weights of the centroids of the n x n parts a triangle's sides'
+    n-sections cut it into (every part of equal area)."""
+    points = []
+    for i in range(n):
+        for j in range(n - i):
+            points.append((i + 1 / 3, j + 1 / 3))  # the part pointing like the triangle
+            if i + j < n - 1:
+                points.append((i + 2 / 3, j + 2 / 3))  # the part pointing the other way
+    uv = torch.tensor(points, dtype=torch.float64) / n
+    return torch.cat([1 - uv.sum(1, keepdim=True), uv], 1).float()
+
+
 class _Silhouette:
     """The soft silhouette of the whole mesh against each photo's mask, at a reduced resolution.
 
@@ -176,6 +190,8 @@ class _Silhouette:
     mask's area fraction are blurred alike, so the loss is least where the two silhouettes agree,
     not where the body is shrunk or grown by a margin (a body matching the mask exactly scores 0).
     """
+
+    MAX_SPLIT = 4
 
     def __init__(self, targets: list[FitTarget], config: BodyFitConfig, device) -> None:
         res = config.mask_resolution
@@ -200,6 +216,8 @@ class _Silhouette:
         self.area = area.clamp(min=1.0)
         self.mask = self._blur(mask)
         self.scale = torch.tensor(scales, device=device)  # [B]
+        self.split_side = config.silhouette_split
+        self.groups: list[tuple[Tensor, Tensor]] = []  # see split(); empty: every triangle whole
 
     def _blur(self, image: Tensor) -> Tensor:
         """[B, R, R] -> [B, R, R], separable Gaussian, zero outside (as sums of shifted copies:
@@ -211,9 +229,33 @@ class _Silhouette:
         x = torch.nn.functional.pad(x, (0, 0, r, r))
         return sum(w * x[:, i : i + res] for i, w in enumerate(self.kernel.tolist()))
 
+    def split(self, uv: Tensor, faces: Tensor) -> None:
+        """Cut each triangle into n x n parts for splatting, n the fewest that bring its longest
+        projected side (in any photo; ``uv``: [B, V, 2] full-res pixels) to ``split_side`` reduced
+        pixels or less, at most ``MAX_SPLIT``.
+
+        Splatted at its centroid alone, a triangle a few pixels long leaves gaps and piles between
+        its neighbours' centroids: the clamped coverage of the true body then has holes in stripes
+        (the near leg of a stride), and the fit bends the body to fill them.
+        """
+        with torch.no_grad():
+            small = uv * self.scale[:, None, None]
+            tri = torch.stack([small.index_select(1, faces[:, c]) for c in range(3)], 2)  # [B, F, 3, 2]
+            side = (tri - tri.roll(1, dims=2)).norm(dim=-1).amax(dim=(0, 2))  # [F]
+            parts = (side / self.split_side).ceil().clamp(1, self.MAX_SPLIT).long()
+            self.groups = []
+            for n in range(1, self.MAX_SPLIT + 1):
+                index = torch.nonzero(parts == n)[:, 0]
+                if len(index):
+                    self.groups.append((index, _part_centroids(n).to(uv)))
+
     def coverage(self, uv: Tensor, faces: Tensor, used: Tensor) -> Tensor:
         """[B, V, 2] projected vertices (full-res pixels), [F, 3] faces, [B, F] float weights ->
-        [B, R, R] the fraction of each reduced pixel the triangles cover (unblurred)."""
+        [B, R, R] the fraction of each reduced pixel the triangles cover (unblurred).
+
+        Each triangle splats its area bilinearly at its centroid, or, cut into parts by
+        :meth:`split`, a share at each part's centroid.
+        """
         res = self.res
         small = uv * self.scale[:, None, None]
         # index_select, not indexing: the backward of indexing accumulates in parallel on the CPU
@@ -221,7 +263,13 @@ class _Silhouette:
         tri = torch.stack([small.index_select(1, faces[:, c]) for c in range(3)], 2)  # [B, F, 3, 2] reduced pixels
         e1, e2 = tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0]
         area = 0.25 * (e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]).abs() * used
-        centre = tri.mean(2) - 0.5  # pixel i's centre is at i + 0.5
+        groups = self.groups or [(torch.arange(len(faces), device=uv.device), _part_centroids(1).to(uv))]
+        centres, areas = [], []
+        for index, weights in groups:
+            centres.append(torch.einsum("sc,bfcd->bfsd", weights, tri.index_select(1, index)).flatten(1, 2))
+            areas.append((area.index_select(1, index) / len(weights)).repeat_interleave(len(weights), dim=1))
+        centre = torch.cat(centres, 1) - 0.5  # pixel i's centre is at i + 0.5
+        area = torch.cat(areas, 1)
         base = centre.floor()
         frac = centre - base
         density = torch.zeros(uv.shape[0], res * res, device=uv.device, dtype=uv.dtype)
@@ -473,6 +521,11 @@ def fit_bodies(body: BodyModel, targets: list[FitTarget], config: BodyFitConfig 
         ("keypoints", [orient, transl, body_pose, latent], config.keypoint_iters, config.lr),
         ("full", [orient, transl, body_pose, latent], config.iters, config.full_lr),
     ):
+        if stage == "full" and iters:
+            with torch.no_grad():
+                pose = torch.cat([orient[:, None], body_pose, rest], dim=1)
+                _, vertices = body.keypoints_and_vertices(body.shape_from_latent(latent), pose, transl, every_vertex)
+                sil.split(project(vertices, intrinsics), faces)
         opt = torch.optim.Adam(params, lr=lr)
         for _ in range(iters):
             opt.zero_grad()
