@@ -3,8 +3,8 @@ person silhouette, in a pinhole camera (OpenCV axes: x right, y down, z forward)
 
 Losses (per photo, summed over the batch):
     keypoints: confidence-weighted Geman-McClure reprojection error, in units of the person's height
-    silhouette: the mesh's soft silhouette (every triangle splats its projected area) against the
-        person mask, both blurred: squared area error, in units of the mask's area
+    silhouette: the mesh's soft silhouette (every triangle splats its projected area, a long one in
+        parts) against the person mask, both blurred: squared area error, in units of the mask's area
     priors: per-joint weighted L2 on the SMPL-X pose, hinge joint limits for knees and elbows,
         L2 on the shape latent
     limb directions: each limb towards the detector's metric direction (or its lifted one); a leg
