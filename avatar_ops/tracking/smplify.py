@@ -229,6 +229,14 @@ class _Silhouette:
         x = torch.nn.functional.pad(x, (0, 0, r, r))
         return sum(w * x[:, i : i + res] for i, w in enumerate(self.kernel.tolist()))
 
+    def _triangles(self, uv: Tensor, faces: Tensor) -> Tensor:
+        """[B, V, 2] projected vertices (full-res pixels), [F, 3] faces -> [B, F, 3, 2] each
+        triangle's corners in reduced pixels."""
+        small = uv * self.scale[:, None, None]
+        # index_select, not indexing: the backward of indexing accumulates in parallel on the CPU
+        # in no fixed order, and the fit amplifies the last bits into a different pose.
+        return torch.stack([small.index_select(1, faces[:, c]) for c in range(3)], 2)
+
     def split(self, uv: Tensor, faces: Tensor) -> None:
         """Cut each triangle into n x n parts for splatting, n the fewest that bring its longest
         projected side (in any photo; ``uv``: [B, V, 2] full-res pixels) to ``split_side`` reduced
@@ -239,8 +247,7 @@ class _Silhouette:
         (the near leg of a stride), and the fit bends the body to fill them.
         """
         with torch.no_grad():
-            small = uv * self.scale[:, None, None]
-            tri = torch.stack([small.index_select(1, faces[:, c]) for c in range(3)], 2)  # [B, F, 3, 2]
+            tri = self._triangles(uv, faces)
             side = (tri - tri.roll(1, dims=2)).norm(dim=-1).amax(dim=(0, 2))  # [F]
             parts = (side / self.split_side).ceil().clamp(1, self.MAX_SPLIT).long()
             self.groups = []
@@ -257,10 +264,7 @@ class _Silhouette:
         :meth:`split`, a share at each part's centroid.
         """
         res = self.res
-        small = uv * self.scale[:, None, None]
-        # index_select, not indexing: the backward of indexing accumulates in parallel on the CPU
-        # in no fixed order, and the fit amplifies the last bits into a different pose.
-        tri = torch.stack([small.index_select(1, faces[:, c]) for c in range(3)], 2)  # [B, F, 3, 2] reduced pixels
+        tri = self._triangles(uv, faces)
         e1, e2 = tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0]
         area = 0.25 * (e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]).abs() * used
         groups = self.groups or [(torch.arange(len(faces), device=uv.device), _part_centroids(1).to(uv))]
